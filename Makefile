@@ -1,0 +1,44 @@
+# tasklane: the two commands README promises (make run, make test) and their helpers.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+HOST   ?= 127.0.0.1
+PORT   ?= 8000
+
+.PHONY: run test lint format clean system-packages
+
+# A stamp per dependency set, so `make test` after `make run` installs only the extras.
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.runtime-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@ $(VENV)/.runtime-installed
+
+## run: single mode on http://$(HOST):$(PORT) (in-process executor, in-memory store, no services)
+run: $(VENV)/.runtime-installed
+	$(BIN)/tasklane serve --host $(HOST) --port $(PORT)
+
+system-packages:
+	scripts/ensure-system-packages redis-server
+
+## test: lint, then the whole suite (starts its own redis-server on free loopback ports)
+test: $(VENV)/.dev-installed system-packages
+	$(BIN)/ruff check app tests scripts
+	$(BIN)/python -m pytest
+
+lint: $(VENV)/.dev-installed
+	$(BIN)/ruff check app tests scripts
+	$(BIN)/ruff format --check app tests scripts
+
+format: $(VENV)/.dev-installed
+	$(BIN)/ruff check --fix app tests scripts
+	$(BIN)/ruff format app tests scripts
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

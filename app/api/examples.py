@@ -1,0 +1,42 @@
+"""The migration guide's endpoint example, kept working as written: POST /process.
+
+The body is the guide's free-form `data: dict`; a missing or non-string resource_id is a 422
+with a message, not the KeyError the guide's `data["resource_id"]` would turn into a 500.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, BackgroundTasks, Depends, HTTPException
+
+from app.api.auth import require_token
+from app.api.errors import ERRORS, INVALID, MUTATING
+from app.api.limits import ensure_storable
+from app.core.tasks import get_task_manager
+
+router = APIRouter(tags=["examples"])
+
+
+@router.post(
+    "/process",
+    status_code=202,
+    dependencies=[Depends(require_token)],
+    responses={**ERRORS, **INVALID, **MUTATING},
+)
+async def process_data(data: dict[str, Any], background_tasks: BackgroundTasks) -> dict[str, str]:
+    """Recalculate data["resource_id"]'s rating after the response (the guide's example)."""
+    resource_id = data.get("resource_id")
+    if not isinstance(resource_id, str) or not resource_id:
+        raise HTTPException(
+            status_code=422, detail='The body needs "resource_id": a non-empty string.'
+        )
+    ensure_storable("calculate_rating", resource_id)
+    task_manager = get_task_manager()
+
+    # Submit lightweight task
+    task_id = await task_manager.submit(
+        "calculate_rating", resource_id, background_tasks=background_tasks
+    )
+
+    return {"task_id": task_id}

@@ -1,0 +1,133 @@
+"""Limits on what a request may carry: body size (BodySizeLimit) and task arguments.
+
+A declared Content-Length above the limit is answered 413 at once, without reading a byte. A
+body without one (chunked) is counted while it streams in; the first chunk past the limit
+aborts the read with the same 413, so a client cannot make the app hold an unbounded body.
+ensure_storable() refuses arguments a record could store but never serve again.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+from starlette.exceptions import HTTPException
+
+from app.core.tasks import InvalidTaskArgs
+
+if TYPE_CHECKING:
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+
+#: Deepest nesting accepted in task arguments (lists and objects inside each other).
+MAX_NESTING = 100
+
+
+class BodyTooLarge(HTTPException):
+    """The request body exceeds the configured limit (raised from receive while it streams)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"Request body exceeds the limit of {limit} bytes.")
+
+
+class BodySizeLimit:
+    """Pure ASGI middleware: 413 {"detail": ...} for HTTP bodies above max_bytes."""
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = _content_length(scope)
+        if declared is not None and declared > self.max_bytes:
+            await self._reject(send)
+            return
+
+        received = 0
+        response_started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    # An HTTPException, so FastAPI's body reading passes it on as a 413
+                    # instead of wrapping it into a 400 "error parsing the body".
+                    raise BodyTooLarge(self.max_bytes)
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal response_started
+            if message["type"] == "http.response.start":
+                response_started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except BodyTooLarge:
+            # Reached here only when no exception handler turned it into a response (an app
+            # reading the body outside a route); the client still gets its 413.
+            if response_started:
+                raise
+            await self._reject(send)
+
+    async def _reject(self, send: Send) -> None:
+        detail = f"Request body exceeds the limit of {self.max_bytes} bytes."
+        body = json.dumps({"detail": detail}, separators=(",", ":")).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None  # the server rejects a malformed length before we see it
+    return None
+
+
+def ensure_storable(name: str, value: object) -> None:
+    """Raise InvalidTaskArgs for arguments a record could store but never serve again.
+
+    JSON may carry a lone UTF-16 surrogate ("\\ud800") that no UTF-8 encoder accepts, and
+    nesting deeper than any serializer's recursion limit; stored in a record, either would make
+    every later read of it (and the listing that contains it) fail.
+    """
+    stack: list[tuple[object, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_NESTING:
+            raise InvalidTaskArgs(name, f"arguments nest deeper than {MAX_NESTING} levels")
+        if isinstance(item, str):
+            _ensure_unicode(name, item)
+        elif isinstance(item, list):
+            stack.extend((child, depth + 1) for child in item)
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                _ensure_unicode(name, key)
+                stack.append((child, depth + 1))
+
+
+def _ensure_unicode(name: str, text: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidTaskArgs(
+            name, "strings must be valid Unicode (a lone surrogate cannot be stored)"
+        ) from None

@@ -1,0 +1,316 @@
+"""Task routes under /api/tasks: submit, list, inspect, cancel, and the guide's maintenance
+triggers. Every submit hands FastAPI's BackgroundTasks to the manager, so an in-process task
+starts only after the 202 response is on the wire."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, BackgroundTasks, Depends, Path, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.api.auth import require_token
+from app.api.errors import ERRORS, INVALID, MUTATING, ErrorBody, SafeJSONResponse
+from app.api.limits import ensure_storable
+from app.config import Settings
+from app.core.tasks import InvalidTaskArgs, SubmitOptions, TaskManager, TaskNotFound, TaskStatus
+
+TASK_ID_PATTERN = r"^[A-Za-z0-9_.:-]+$"
+TaskId = Annotated[str, Field(min_length=1, max_length=128, pattern=TASK_ID_PATTERN)]
+TaskIdPath = Annotated[str, Path(min_length=1, max_length=128, pattern=TASK_ID_PATTERN)]
+Timestamp = Annotated[str, Field(json_schema_extra={"format": "date-time"})]
+
+# Keywords submit() takes for itself: a task keyword by one of these names cannot be passed
+# through **kwargs (Python would raise TypeError, a 500), so the route refuses it with a 422.
+_SUBMIT_KEYWORDS = frozenset(
+    parameter.name
+    for parameter in inspect.signature(TaskManager.submit).parameters.values()
+    if parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY)
+) - {"self"}
+
+
+# -- request and response bodies -----------------------------------------------------------
+
+
+class SubmitRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200, description="Registered task name")
+    args: list[Any] = Field(default_factory=list)
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    task_id: TaskId | None = Field(default=None, description="Caller-chosen id (idempotent)")
+    countdown: float | None = Field(default=None, ge=0, le=86_400, allow_inf_nan=False)
+
+
+class SubmitResponse(BaseModel):
+    task_id: str
+    status: TaskStatus
+    status_url: str
+
+
+class MaintenanceResponse(BaseModel):
+    task_id: str
+    status_url: str
+
+
+class RecalculateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    resource_id: str | None = Field(default=None, min_length=1, max_length=128)
+
+
+class TaskErrorInfo(BaseModel):
+    type: str
+    message: str
+    traceback: str = ""
+
+
+class ProgressInfo(BaseModel):
+    fraction: float
+    message: str = ""
+
+
+class TaskRecord(BaseModel):
+    """The task record, as TaskResult.to_dict() writes it (DESIGN.md §3).
+
+    Documentation only: records are sent with json.dumps, not re-serialized through pydantic,
+    whose depth limit is lower than what a task result may legitimately hold.
+    """
+
+    task_id: str
+    name: str
+    status: TaskStatus
+    executor: str
+    queue: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+    result: Any = None
+    error: TaskErrorInfo | None = None
+    attempts: int
+    progress: ProgressInfo | None = None
+    submitted_at: Timestamp
+    started_at: Timestamp | None = None
+    finished_at: Timestamp | None = None
+    worker: str | None = None
+    cancel_requested: bool = False
+
+
+class TaskList(BaseModel):
+    tasks: list[TaskRecord]
+
+
+class CancelResponse(BaseModel):
+    task_id: str
+    cancelled: bool
+    outcome: Literal["cancelled", "requested"]
+    status: TaskStatus
+
+
+class TaskInfo(BaseModel):
+    name: str
+    weight: Literal["light", "heavy"]
+    queue: str
+    route: str = Field(description="Executor the task would run on if submitted now")
+    retries: int
+    timeout: float | None
+    idempotent: bool
+
+
+class ExecutorsResponse(BaseModel):
+    mode: Literal["single", "scaled"]
+    executor: str
+    store: str
+    executors: list[dict[str, Any]]
+    tasks: list[TaskInfo]
+
+
+# -- dependencies ----------------------------------------------------------------------------
+
+
+def current_manager(request: Request) -> TaskManager:
+    """The app's TaskManager (installed by the lifespan)."""
+    return request.app.state.manager
+
+
+Manager = Annotated[TaskManager, Depends(current_manager)]
+
+
+def status_url(request: Request, task_id: str) -> str:
+    """Path of the task's status endpoint, relative to the host (proxy-safe)."""
+    path = request.app.url_path_for("task_status", task_id=task_id)
+    return f"{request.scope.get('root_path', '')}{path}"
+
+
+async def _submit(
+    manager: TaskManager,
+    name: str,
+    args: list[Any],
+    kwargs: dict[str, Any],
+    background_tasks: BackgroundTasks,
+    options: SubmitOptions | None = None,
+) -> str:
+    manager.registry.get(name)  # an unknown name is a 404 before any problem with arguments
+    clash = _SUBMIT_KEYWORDS.intersection(kwargs)
+    if clash:
+        raise InvalidTaskArgs(name, f"keyword(s) {sorted(clash)} are reserved by submit()")
+    ensure_storable(name, [args, kwargs])
+    return await manager.submit(
+        name, *args, background_tasks=background_tasks, options=options, **kwargs
+    )
+
+
+# -- routes ----------------------------------------------------------------------------------
+
+router = APIRouter(prefix="/api/tasks", tags=["tasks"])
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=SubmitResponse,
+    dependencies=[Depends(require_token)],
+    responses={**ERRORS, **INVALID, **MUTATING},
+)
+async def submit_task(
+    body: SubmitRequest, request: Request, background_tasks: BackgroundTasks, manager: Manager
+) -> SubmitResponse:
+    """Submit a registered task by name; it starts after this response is sent.
+
+    404 for an unknown name, 422 when the arguments do not fit the task's signature.
+    """
+    options = SubmitOptions(task_id=body.task_id, countdown=body.countdown)
+    task_id = await _submit(
+        manager, body.name, body.args, body.kwargs, background_tasks, options=options
+    )
+    # A re-submitted id returns the existing record, which may be further along than PENDING.
+    record = await manager.get_result(task_id)
+    status = record.status if record is not None else TaskStatus.PENDING
+    return SubmitResponse(task_id=task_id, status=status, status_url=status_url(request, task_id))
+
+
+@router.get("", response_model=TaskList)
+async def list_tasks(
+    manager: Manager,
+    status: Annotated[TaskStatus | None, Query()] = None,
+    name: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> SafeJSONResponse:
+    """Recently submitted tasks, newest first, optionally filtered by status and name."""
+    records = await manager.list(status=status, name=name, limit=limit)
+    return SafeJSONResponse({"tasks": [record.to_dict() for record in records]})
+
+
+@router.get("/executors", response_model=ExecutorsResponse)
+async def describe_executors(request: Request, manager: Manager) -> ExecutorsResponse:
+    """Which executor and store this process uses, and every registered task's routing."""
+    settings: Settings = request.app.state.settings
+    executor = manager.executor
+    return ExecutorsResponse(
+        mode="single" if settings.resolved_executor == "background" else "scaled",
+        executor=settings.resolved_executor,
+        store=settings.resolved_store,
+        executors=[executor.describe()],
+        tasks=[
+            TaskInfo(
+                name=spec.name,
+                weight=spec.weight,
+                queue=spec.queue,
+                route=executor.name,
+                retries=spec.retries,
+                timeout=spec.timeout,
+                idempotent=spec.idempotent,
+            )
+            for spec in manager.registry
+        ],
+    )
+
+
+@router.get("/{task_id}/status", name="task_status", response_model=TaskRecord, responses=ERRORS)
+async def task_status(task_id: TaskIdPath, manager: Manager) -> SafeJSONResponse:
+    """The task's record; 404 for an id never submitted (or expired), never PENDING."""
+    record = await manager.get_result(task_id)
+    if record is None:
+        raise TaskNotFound(task_id)
+    return SafeJSONResponse(record.to_dict())
+
+
+@router.post(
+    "/{task_id}/cancel",
+    response_model=CancelResponse,
+    dependencies=[Depends(require_token)],
+    responses={
+        **ERRORS,
+        **MUTATING,
+        409: {"model": ErrorBody, "description": "The task already finished"},
+    },
+)
+async def cancel_task(task_id: TaskIdPath, manager: Manager) -> CancelResponse:
+    """Cancel a waiting task, or ask a running one to stop; 409 once it has finished."""
+    outcome, record = await manager.cancel_task(task_id)
+    return CancelResponse(
+        task_id=task_id, cancelled=True, outcome=outcome.value, status=record.status
+    )
+
+
+# -- the guide's maintenance triggers --------------------------------------------------------
+
+
+async def _maintenance(
+    request: Request,
+    manager: TaskManager,
+    background_tasks: BackgroundTasks,
+    name: str,
+    *args: Any,
+) -> MaintenanceResponse:
+    task_id = await _submit(manager, name, list(args), {}, background_tasks)
+    return MaintenanceResponse(task_id=task_id, status_url=status_url(request, task_id))
+
+
+@router.post(
+    "/rating/recalculate",
+    status_code=202,
+    response_model=MaintenanceResponse,
+    dependencies=[Depends(require_token)],
+    responses={**ERRORS, **INVALID, **MUTATING},
+)
+async def recalculate_ratings(
+    request: Request,
+    background_tasks: BackgroundTasks,
+    manager: Manager,
+    body: RecalculateRequest | None = None,
+) -> MaintenanceResponse:
+    """Recalculate one resource's rating ({"resource_id": ...}), or all of them (no body)."""
+    if body is not None and body.resource_id is not None:
+        return await _maintenance(
+            request, manager, background_tasks, "calculate_rating", body.resource_id
+        )
+    return await _maintenance(request, manager, background_tasks, "calculate_all_ratings")
+
+
+@router.post(
+    "/impressions/sync",
+    status_code=202,
+    response_model=MaintenanceResponse,
+    dependencies=[Depends(require_token)],
+    responses={**ERRORS, **MUTATING},
+)
+async def sync_impressions(
+    request: Request, background_tasks: BackgroundTasks, manager: Manager
+) -> MaintenanceResponse:
+    """Fold the impression counts recorded since the last sync into the resources."""
+    return await _maintenance(request, manager, background_tasks, "sync_impressions_from_redis")
+
+
+@router.post(
+    "/cleanup/sessions",
+    status_code=202,
+    response_model=MaintenanceResponse,
+    dependencies=[Depends(require_token)],
+    responses={**ERRORS, **MUTATING},
+)
+async def cleanup_sessions(
+    request: Request, background_tasks: BackgroundTasks, manager: Manager
+) -> MaintenanceResponse:
+    """Delete expired audio sessions."""
+    return await _maintenance(request, manager, background_tasks, "cleanup_sessions")

@@ -1,0 +1,111 @@
+"""Settings read from the environment (prefix TASKLANE_), plus the guide's unprefixed names.
+
+The migration guide promised REDIS_URL, CELERY_BROKER_URL and CELERY_RESULT_BACKEND; they are read
+as written there (a TASKLANE_-prefixed spelling wins when both are set). With nothing set, the app
+runs the embedded default: in-process executor, in-memory store, no service needed.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Annotated, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ExecutorKind = Literal["background", "celery", "hybrid"]
+StoreKind = Literal["memory", "redis"]
+
+
+def _alias(name: str) -> AliasChoices:
+    return AliasChoices(f"TASKLANE_{name}", name)
+
+
+class Settings(BaseSettings):
+    """Everything configurable; `resolved_*` properties turn "auto" into a concrete choice."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="TASKLANE_", case_sensitive=False, extra="ignore", populate_by_name=True
+    )
+
+    executor: Literal["auto", "background", "celery", "hybrid"] = "auto"
+    store: Literal["auto", "memory", "redis"] = "auto"
+    redis_url: str | None = Field(default=None, validation_alias=_alias("REDIS_URL"))
+    celery_broker_url: str | None = Field(
+        default=None, validation_alias=_alias("CELERY_BROKER_URL")
+    )
+    celery_result_backend: str | None = Field(
+        default=None, validation_alias=_alias("CELERY_RESULT_BACKEND")
+    )
+    key_prefix: str = "tasklane:"
+    #: Seconds a task record is kept after its last change.
+    result_ttl: int = Field(default=86_400, ge=60)
+    #: How many records the "recent" listing (and the memory store) keeps.
+    recent_max: int = Field(default=10_000, ge=10)
+
+    #: Tasks the in-process runner executes at once (async and sync together).
+    concurrency: int = Field(default=8, ge=1, le=1024)
+    #: Seconds shutdown waits for running tasks before marking them FAILURE Interrupted.
+    shutdown_grace: float = Field(default=25.0, ge=0)
+    #: Extra modules to import so their @task functions register (comma-separated).
+    task_modules: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    #: "auto": the in-process scheduler runs only when no Celery beat owns the schedule.
+    scheduler: Literal["auto", "on", "off"] = "auto"
+
+    #: When set, mutating endpoints require "Authorization: Bearer <token>".
+    api_token: SecretStr | None = None
+    #: Largest request body accepted, in bytes (413 above it).
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    #: Largest total audio a WebSocket session may stream, in bytes.
+    max_audio_bytes: int = Field(default=16 * 1_048_576, ge=1024)
+
+    log_format: Literal["text", "json"] = "text"
+    log_level: str = "INFO"
+
+    @field_validator("task_modules", mode="before")
+    @classmethod
+    def _split_modules(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @cached_property
+    def resolved_executor(self) -> ExecutorKind:
+        if self.executor != "auto":
+            return self.executor
+        return "hybrid" if self.celery_broker_url else "background"
+
+    @cached_property
+    def resolved_store(self) -> StoreKind:
+        if self.store != "auto":
+            return self.store
+        return "redis" if self.store_redis_url else "memory"
+
+    @cached_property
+    def store_redis_url(self) -> str | None:
+        """Where records live: REDIS_URL, else the broker when it is Redis."""
+        if self.redis_url:
+            return self.redis_url
+        broker = self.celery_broker_url or ""
+        return broker if broker.startswith(("redis://", "rediss://", "unix://")) else None
+
+    @cached_property
+    def scheduler_enabled(self) -> bool:
+        if self.scheduler != "auto":
+            return self.scheduler == "on"
+        return self.resolved_executor == "background"
+
+    def check(self) -> None:
+        """Fail fast on combinations that cannot work, naming the variable to fix."""
+        if self.resolved_store == "redis" and not self.store_redis_url:
+            raise ValueError("TASKLANE_STORE=redis needs REDIS_URL (or a redis CELERY_BROKER_URL)")
+        if self.resolved_executor in ("celery", "hybrid") and not self.celery_broker_url:
+            raise ValueError(
+                f"TASKLANE_EXECUTOR={self.resolved_executor} needs CELERY_BROKER_URL to be set"
+            )
+        if self.resolved_executor in ("celery", "hybrid") and self.resolved_store == "memory":
+            raise ValueError(
+                "Celery workers cannot see an in-memory store: "
+                "set REDIS_URL or TASKLANE_STORE=redis"
+            )

@@ -1,0 +1,1 @@
+"""Framework-independent building blocks: the task system and its storage."""

@@ -1,0 +1,67 @@
+"""One asyncio Redis client per event loop, with timeouts short enough to fail fast.
+
+redis.asyncio connections belong to the loop that opened them. The api has one loop for its
+lifetime, but a script or a test may run several loops one after another in the same process;
+handing each loop its own client keeps a closed loop's sockets from ever being reused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from app.core.tasks.errors import StoreUnavailable
+
+#: Errors that mean "Redis is not answering", as opposed to a bug in a command.
+UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    ConnectionError,
+    OSError,
+)
+
+
+class LoopLocalRedis:
+    """Hands out the Redis client of the running loop, creating it on first use."""
+
+    def __init__(self, url: str, *, connect_timeout: float = 2.0, timeout: float = 5.0) -> None:
+        self.url = url
+        self._connect_timeout = connect_timeout
+        self._timeout = timeout
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._client: aioredis.Redis | None = None
+
+    def client(self) -> aioredis.Redis:
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._loop is not loop:
+            # The previous loop's client is simply dropped: its loop is gone or not ours.
+            self._client = aioredis.Redis.from_url(
+                self.url,
+                decode_responses=True,
+                socket_connect_timeout=self._connect_timeout,
+                socket_timeout=self._timeout,
+                health_check_interval=30,
+            )
+            self._loop = loop
+        return self._client
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None and self._loop is asyncio.get_running_loop():
+            with contextlib.suppress(RedisError, OSError, RuntimeError):
+                await client.aclose()
+
+
+@contextlib.asynccontextmanager
+async def translate_unavailable(what: str) -> AsyncIterator[None]:
+    """Turn a dead or unreachable Redis into StoreUnavailable (a 503, never a 500)."""
+    try:
+        yield
+    except UNAVAILABLE_ERRORS as exc:
+        raise StoreUnavailable(f"{what}: {type(exc).__name__}: {exc}") from exc

@@ -1,0 +1,240 @@
+"""The one task lifecycle both planes share (DESIGN.md §3).
+
+load record → STARTED → call with a TaskContext and the spec's timeout → SUCCESS | FAILURE |
+RETRY decision → write the record and one log line per transition. The in-process runner and
+the Celery task wrapper both call execute(); only *how to wait* before a retry differs, so the
+decision comes back as Outcome.retry_in and the caller schedules the next attempt its own way.
+
+Every write after STARTED is guarded by (status is STARTED and attempts is ours): when shutdown,
+a reaper or a timeout has already settled the record, a late finish changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from app.core.tasks.context import TaskContext
+from app.core.tasks.errors import (
+    Interrupted,
+    InvalidTaskResult,
+    TaskCancelled,
+    TaskTimeout,
+    UnknownTaskError,
+)
+from app.core.tasks.hooks import TaskHooks
+from app.core.tasks.models import TaskError, TaskResult, TaskSpec, TaskStatus, utcnow
+from app.core.tasks.registry import TaskRegistry
+from app.core.tasks.store import ResultStore
+from app.core.tasks.threads import run_in_daemon_thread
+
+#: "host:pid", written into records so an operator can find the process that ran a task.
+WORKER_NAME = f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one execute() call did. retry_in is set when another attempt is due."""
+
+    record: TaskResult | None
+    ran: bool
+    retry_in: float | None = None
+
+
+def retry_delay(spec: TaskSpec, attempt: int) -> float:
+    """Exponential backoff from spec.backoff, capped at spec.backoff_max, with "equal jitter"
+    (half fixed, half random) so a burst of failures does not retry in lockstep."""
+    delay = min(spec.backoff_max, spec.backoff * (2 ** max(attempt - 1, 0)))
+    return delay / 2 + random.uniform(0, delay / 2)
+
+
+async def execute(
+    task_id: str,
+    *,
+    registry: TaskRegistry,
+    store: ResultStore,
+    executor: str,
+    hooks: TaskHooks,
+    worker: str = WORKER_NAME,
+    on_context: Callable[[TaskContext], None] | None = None,
+) -> Outcome:
+    """Run one attempt of the task if its record is waiting (PENDING or RETRY); otherwise
+    (cancelled, finished, expired) do nothing and return ran=False."""
+    record = await store.get(task_id)
+    if record is None:
+        return Outcome(record=None, ran=False)
+    try:
+        spec = registry.get(record.name)
+    except UnknownTaskError as exc:
+        # A worker built from other code than the api: finish the record instead of leaving it.
+        failed = await _settle_waiting(store, task_id, TaskStatus.FAILURE, exc, hooks)
+        return Outcome(record=failed, ran=False)
+
+    started = await store.update(task_id, lambda current: _to_started(current, executor, worker))
+    if started is None:
+        current = await store.get(task_id)
+        if current is not None and current.status in (TaskStatus.PENDING, TaskStatus.RETRY):
+            # Waiting but cancel_requested: it never ran, so it ends CANCELLED.
+            cancelled = await _settle_waiting(
+                store, task_id, TaskStatus.CANCELLED, TaskCancelled("cancelled before start"), hooks
+            )
+            return Outcome(record=cancelled, ran=False)
+        return Outcome(record=current, ran=False)
+    hooks.on_transition(started, record.status)
+
+    loop = asyncio.get_running_loop()
+    ctx = TaskContext(
+        task_id=task_id, name=spec.name, attempt=started.attempts, store=store, loop=loop
+    )
+    if on_context is not None:
+        on_context(ctx)
+    attempt = started.attempts
+    try:
+        value = await _call(spec, ctx, started)
+    except asyncio.CancelledError:
+        # The runner cancelled us: a user's cancel (flag set first) or shutdown.
+        if ctx.cancelled() and not ctx.interrupted:
+            final = await _finish(store, task_id, attempt, TaskStatus.CANCELLED, error=None)
+        else:
+            error = TaskError.from_exception(Interrupted("the runner stopped during the task"))
+            final = await _finish(store, task_id, attempt, TaskStatus.FAILURE, error=error)
+        _notify(hooks, final)
+        raise
+    except TaskCancelled:
+        final = await _finish(store, task_id, attempt, TaskStatus.CANCELLED, error=None)
+        _notify(hooks, final)
+        return Outcome(record=final, ran=True)
+    except (Exception, SystemExit) as exc:
+        # SystemExit too: a task body calling sys.exit() must fail its task, not stop the
+        # process's event loop (and with it the api).
+        error = TaskError.from_exception(exc)
+        if attempt <= spec.retries and not ctx.cancelled():
+            delay = retry_delay(spec, attempt)
+            final = await _finish(store, task_id, attempt, TaskStatus.RETRY, error=error)
+            _notify(hooks, final)
+            return Outcome(record=final, ran=True, retry_in=delay if final else None)
+        final = await _finish(store, task_id, attempt, TaskStatus.FAILURE, error=error)
+        _notify(hooks, final)
+        return Outcome(record=final, ran=True)
+
+    try:
+        stored_value = json.loads(json.dumps(value, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        problem = InvalidTaskResult(f"{spec.name} returned a value JSON cannot store: {exc}")
+        error = TaskError.from_exception(problem)
+        final = await _finish(store, task_id, attempt, TaskStatus.FAILURE, error=error)
+    else:
+        final = await _finish(store, task_id, attempt, TaskStatus.SUCCESS, result=stored_value)
+    _notify(hooks, final)
+    return Outcome(record=final, ran=True)
+
+
+async def _call(spec: TaskSpec, ctx: TaskContext, record: TaskResult) -> Any:
+    """Invoke the task body: coroutines on this loop, sync functions on a daemon thread.
+
+    A sync body cannot be interrupted: on timeout its record fails with TaskTimeout, its
+    ctx.cancelled() turns true, and the thread's late result is discarded.
+    """
+    args: list[Any] = [ctx, *record.args] if spec.takes_context else list(record.args)
+    if spec.is_async:
+        call = spec.func(*args, **record.kwargs)
+    else:
+        call = run_in_daemon_thread(spec.func, *args, **record.kwargs)
+    if spec.timeout is None:
+        return await call
+    deadline = asyncio.timeout(spec.timeout)
+    try:
+        async with deadline:
+            return await call
+    except TimeoutError:
+        if not deadline.expired():
+            raise  # the task's own TimeoutError (a client's, say): an ordinary, retryable failure
+        ctx.request_cancel()
+        raise TaskTimeout(spec.name, spec.timeout) from None
+
+
+def _to_started(record: TaskResult, executor: str, worker: str) -> TaskResult | None:
+    if record.status not in (TaskStatus.PENDING, TaskStatus.RETRY) or record.cancel_requested:
+        return None
+    return record.replace(
+        status=TaskStatus.STARTED,
+        attempts=record.attempts + 1,
+        started_at=utcnow(),
+        finished_at=None,
+        executor=executor,
+        worker=worker,
+    )
+
+
+async def _finish(
+    store: ResultStore,
+    task_id: str,
+    attempt: int,
+    status: TaskStatus,
+    *,
+    error: TaskError | None = None,
+    result: Any = None,
+) -> TaskResult | None:
+    def apply(record: TaskResult) -> TaskResult | None:
+        if record.status is not TaskStatus.STARTED or record.attempts != attempt:
+            return None  # already settled by shutdown, a reaper or a timeout
+        return record.replace(
+            status=status,
+            result=result,
+            error=error,
+            finished_at=None if status is TaskStatus.RETRY else utcnow(),
+        )
+
+    return await store.update(task_id, apply)
+
+
+async def _settle_waiting(
+    store: ResultStore,
+    task_id: str,
+    status: TaskStatus,
+    exc: BaseException,
+    hooks: TaskHooks,
+) -> TaskResult | None:
+    """Finish a record that never started (cancelled while waiting, unknown name)."""
+    error = None if status is TaskStatus.CANCELLED else TaskError.from_exception(exc)
+
+    def apply(record: TaskResult) -> TaskResult | None:
+        if record.status not in (TaskStatus.PENDING, TaskStatus.RETRY):
+            return None
+        return record.replace(status=status, error=error, finished_at=utcnow())
+
+    previous = await store.get(task_id)
+    settled = await store.update(task_id, apply)
+    if settled is not None:
+        hooks.on_transition(settled, previous.status if previous else None)
+    return settled
+
+
+def _notify(hooks: TaskHooks, record: TaskResult | None) -> None:
+    if record is not None:
+        hooks.on_transition(record, TaskStatus.STARTED)
+
+
+async def mark_interrupted(
+    store: ResultStore, task_id: str, reason: str, hooks: TaskHooks
+) -> TaskResult | None:
+    """Settle an unfinished record as FAILURE Interrupted (shutdown drain, dead-runner reaper)."""
+    error = TaskError.from_exception(Interrupted(reason))
+    previous: list[TaskStatus] = []
+
+    def apply(record: TaskResult) -> TaskResult | None:
+        if record.finished:
+            return None
+        previous.append(record.status)
+        return record.replace(status=TaskStatus.FAILURE, error=error, finished_at=utcnow())
+
+    settled = await store.update(task_id, apply)
+    if settled is not None:
+        hooks.on_transition(settled, previous[-1] if previous else None)
+    return settled

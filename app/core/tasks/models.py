@@ -1,0 +1,178 @@
+"""Value objects shared by every executor: status, the task record, the spec, submit options."""
+
+from __future__ import annotations
+
+import dataclasses
+import traceback as traceback_module
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+Weight = Literal["light", "heavy"]
+
+
+class TaskStatus(StrEnum):
+    PENDING = "PENDING"  # accepted and recorded, not started yet
+    STARTED = "STARTED"  # an executor is running it now
+    RETRY = "RETRY"  # failed an attempt; another one is scheduled
+    SUCCESS = "SUCCESS"  # finished; `result` holds the return value
+    FAILURE = "FAILURE"  # finished with an error; `error` says which
+    CANCELLED = "CANCELLED"  # stopped (or never started) because someone cancelled it
+
+    @property
+    def finished(self) -> bool:
+        """True for the three final statuses, which never change again."""
+        return self in FINISHED_STATUSES
+
+
+FINISHED_STATUSES = frozenset({TaskStatus.SUCCESS, TaskStatus.FAILURE, TaskStatus.CANCELLED})
+WAITING_STATUSES = frozenset({TaskStatus.PENDING, TaskStatus.RETRY})
+
+
+def utcnow() -> datetime:
+    """Aware UTC now; every timestamp in a record is one of these."""
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskError:
+    """A failure stored as strings, so it reads the same in every process and after JSON."""
+
+    type: str
+    message: str
+    traceback: str = ""
+
+    @classmethod
+    def from_exception(cls, exc: BaseException) -> TaskError:
+        text = "".join(traceback_module.format_exception(exc))
+        return cls(type=type(exc).__name__, message=str(exc), traceback=text)
+
+    def __str__(self) -> str:
+        return f"{self.type}: {self.message}" if self.message else self.type
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Progress:
+    """What a running task last reported through ctx.progress()."""
+
+    fraction: float
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskResult:
+    """The one record per task id, same shape whichever executor ran it (DESIGN.md §3)."""
+
+    task_id: str
+    name: str
+    status: TaskStatus
+    executor: str
+    queue: str
+    args: list[Any] = field(default_factory=list)
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    result: Any = None
+    error: TaskError | None = None
+    attempts: int = 0
+    progress: Progress | None = None
+    submitted_at: datetime = field(default_factory=utcnow)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    worker: str | None = None
+    #: Set by cancel() on a running task; the task sees it through ctx.cancelled().
+    cancel_requested: bool = False
+
+    @property
+    def finished(self) -> bool:
+        return self.status.finished
+
+    def replace(self, **changes: Any) -> TaskResult:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict: timestamps as ISO 8601 strings, nested objects as dicts."""
+        return {
+            "task_id": self.task_id,
+            "name": self.name,
+            "status": self.status.value,
+            "executor": self.executor,
+            "queue": self.queue,
+            "args": self.args,
+            "kwargs": self.kwargs,
+            "result": self.result,
+            "error": dataclasses.asdict(self.error) if self.error else None,
+            "attempts": self.attempts,
+            "progress": dataclasses.asdict(self.progress) if self.progress else None,
+            "submitted_at": _iso(self.submitted_at),
+            "started_at": _iso(self.started_at),
+            "finished_at": _iso(self.finished_at),
+            "worker": self.worker,
+            "cancel_requested": self.cancel_requested,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TaskResult:
+        error = data.get("error")
+        progress = data.get("progress")
+        return cls(
+            task_id=data["task_id"],
+            name=data["name"],
+            status=TaskStatus(data["status"]),
+            executor=data.get("executor", ""),
+            queue=data.get("queue", ""),
+            args=list(data.get("args") or []),
+            kwargs=dict(data.get("kwargs") or {}),
+            result=data.get("result"),
+            error=TaskError(**error) if error else None,
+            attempts=int(data.get("attempts") or 0),
+            progress=Progress(**progress) if progress else None,
+            submitted_at=_parse(data.get("submitted_at")) or utcnow(),
+            started_at=_parse(data.get("started_at")),
+            finished_at=_parse(data.get("finished_at")),
+            worker=data.get("worker"),
+            cancel_requested=bool(data.get("cancel_requested", False)),
+        )
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def _parse(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskSpec:
+    """How one registered task may run: the registry's entry, immutable once registered."""
+
+    name: str
+    func: Callable[..., Any]
+    weight: Weight = "light"
+    queue: str = "light"
+    retries: int = 0
+    #: First retry delay in seconds; doubles each attempt, capped at backoff_max, plus jitter.
+    backoff: float = 1.0
+    backoff_max: float = 300.0
+    timeout: float | None = None
+    idempotent: bool = False
+    #: Pin to one executor ("background" or "celery"); None lets the executor decide.
+    executor: str | None = None
+    #: May a heavy task run in-process when no worker can take it? False means 503 instead.
+    fallback: bool = True
+    #: Receives a TaskContext as its first argument.
+    takes_context: bool = False
+    is_async: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SubmitOptions:
+    """Per-call choices; the manager refuses one the executor cannot honour."""
+
+    #: Caller-chosen id; re-submitting an existing id returns that record (idempotent submit).
+    task_id: str | None = None
+    #: Seconds to wait before the first attempt.
+    countdown: float | None = None
+    #: 0 (lowest) to 9; only executors with supports_priority accept it.
+    priority: int | None = None

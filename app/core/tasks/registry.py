@@ -1,0 +1,140 @@
+"""The single list of what may run anywhere: @task registers a TaskSpec under a unique name.
+
+The api, the Celery workers and beat all import the same modules, so a name means the same
+function in every process. Submitting a name that is not here is refused before anything is stored.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
+
+from app.core.tasks.errors import UnknownTaskError
+from app.core.tasks.models import TaskSpec, Weight
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: Keyword names submit() keeps for itself; a task parameter by these names could never be passed.
+RESERVED_PARAMETERS = frozenset({"background_tasks", "options"})
+
+
+class TaskRegistry:
+    """Name → TaskSpec. Registering a second function under a taken name is an error."""
+
+    def __init__(self) -> None:
+        self._specs: dict[str, TaskSpec] = {}
+
+    def register(self, spec: TaskSpec) -> TaskSpec:
+        existing = self._specs.get(spec.name)
+        # Re-importing the same module (reload, tests) re-registers the same function under a
+        # new object; allow that only when the qualified name matches.
+        if (
+            existing is not None
+            and existing.func is not spec.func
+            and _qualified(existing.func) != _qualified(spec.func)
+        ):
+            raise ValueError(
+                f"Task name {spec.name!r} is already registered by {_qualified(existing.func)}"
+            )
+        self._specs[spec.name] = spec
+        return spec
+
+    def get(self, name: str) -> TaskSpec:
+        """The spec for name.
+
+        Raises UnknownTaskError when nothing is registered under it.
+        """
+        try:
+            return self._specs[name]
+        except KeyError:
+            raise UnknownTaskError(name) from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._specs
+
+    def __iter__(self) -> Iterator[TaskSpec]:
+        return iter(sorted(self._specs.values(), key=lambda spec: spec.name))
+
+    def names(self) -> list[str]:
+        return sorted(self._specs)
+
+    def unregister(self, name: str) -> None:
+        """Forget a task (tests register throwaway tasks and clean up after themselves)."""
+        self._specs.pop(name, None)
+
+
+#: The process-wide registry that @task writes to and every executor reads.
+registry = TaskRegistry()
+
+#: Modules whose import registers the example domain tasks.
+DEFAULT_TASK_MODULES = ("app.tasks",)
+
+
+def autodiscover(modules: Iterable[str] = ()) -> None:
+    """Import the default task modules plus `modules` (TASKLANE_TASK_MODULES) to register them."""
+    for module in (*DEFAULT_TASK_MODULES, *modules):
+        importlib.import_module(module)
+
+
+def task(
+    name: str | None = None,
+    *,
+    weight: Weight = "light",
+    queue: str | None = None,
+    retries: int = 0,
+    backoff: float = 1.0,
+    backoff_max: float = 300.0,
+    timeout: float | None = None,
+    idempotent: bool = False,
+    executor: str | None = None,
+    fallback: bool = True,
+    takes_context: bool = False,
+    target: TaskRegistry | None = None,
+) -> Callable[[F], F]:
+    """Register the decorated function as a task; the function itself is returned unchanged.
+
+    Heavy tasks default to the `heavy` queue and light ones to `light`, the two queues the
+    Celery workers consume. With takes_context=True the function's first parameter receives a
+    TaskContext (progress reports, cancellation checks).
+    """
+    if weight not in ("light", "heavy"):
+        raise ValueError(f"weight must be 'light' or 'heavy', not {weight!r}")
+    if retries < 0:
+        raise ValueError("retries must be >= 0")
+    if timeout is not None and timeout <= 0:
+        raise ValueError("timeout must be positive")
+    if executor not in (None, "background", "celery"):
+        raise ValueError(f"executor must be 'background', 'celery' or None, not {executor!r}")
+
+    def decorate(func: F) -> F:
+        parameters = inspect.signature(func).parameters
+        clash = RESERVED_PARAMETERS.intersection(parameters)
+        if clash:
+            raise ValueError(f"Task {func.__qualname__} uses reserved parameter names {clash}")
+        if takes_context and not parameters:
+            raise ValueError(f"Task {func.__qualname__} takes_context but has no parameter for it")
+        spec = TaskSpec(
+            name=name or func.__name__,
+            func=func,
+            weight=weight,
+            queue=queue or weight,
+            retries=retries,
+            backoff=backoff,
+            backoff_max=backoff_max,
+            timeout=timeout,
+            idempotent=idempotent,
+            executor=executor,
+            fallback=fallback,
+            takes_context=takes_context,
+            is_async=inspect.iscoroutinefunction(func),
+        )
+        (target or registry).register(spec)
+        return func
+
+    return decorate
+
+
+def _qualified(func: Callable[..., Any]) -> str:
+    return f"{func.__module__}.{func.__qualname__}"

@@ -1,0 +1,146 @@
+"""In-process ResultStore for the embedded single mode: no service, lost on restart.
+
+A threading.Lock (not asyncio.Lock) guards the maps: operations never await while holding it,
+and the store must survive being used from more than one event loop (tests, scripts).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterable
+
+from app.core.tasks.models import TaskResult, TaskStatus
+from app.core.tasks.store import Mutation
+
+
+class MemoryStore:
+    kind = "memory"
+
+    def __init__(self, *, result_ttl: float = 86_400, max_records: int = 10_000) -> None:
+        self._ttl = result_ttl
+        self._max = max_records
+        self._lock = threading.Lock()
+        # task id -> (record, expires_at); insertion order = submission order.
+        self._records: OrderedDict[str, tuple[TaskResult, float]] = OrderedDict()
+        self._claims: dict[str, str] = {}
+        self._runners: dict[str, float] = {}
+        self._leases: dict[str, tuple[str, float]] = {}
+
+    async def create(self, record: TaskResult) -> tuple[TaskResult, bool]:
+        with self._lock:
+            existing = self._live(record.task_id)
+            if existing is not None:
+                return existing, False
+            self._records[record.task_id] = (record, time.monotonic() + self._ttl)
+            self._evict()
+            return record, True
+
+    async def get(self, task_id: str) -> TaskResult | None:
+        with self._lock:
+            return self._live(task_id)
+
+    async def update(self, task_id: str, mutate: Mutation) -> TaskResult | None:
+        with self._lock:
+            current = self._live(task_id)
+            if current is None:
+                return None
+            new = mutate(current)
+            if new is None:
+                return None
+            self._records[task_id] = (new, time.monotonic() + self._ttl)
+            return new
+
+    async def list(
+        self,
+        *,
+        status: TaskStatus | None = None,
+        name: str | None = None,
+        limit: int = 50,
+    ) -> list[TaskResult]:
+        now = time.monotonic()
+        with self._lock:
+            found: list[TaskResult] = []
+            for record, expires_at in reversed(self._records.values()):
+                if expires_at <= now:
+                    continue
+                if status is not None and record.status is not status:
+                    continue
+                if name is not None and record.name != name:
+                    continue
+                found.append(record)
+                if len(found) >= limit:
+                    break
+            return found
+
+    async def claim(self, task_id: str, owner: str) -> None:
+        with self._lock:
+            self._claims[task_id] = owner
+
+    async def release(self, task_ids: Iterable[str]) -> None:
+        with self._lock:
+            for task_id in task_ids:
+                self._claims.pop(task_id, None)
+
+    async def claims(self) -> dict[str, str]:
+        with self._lock:
+            return dict(self._claims)
+
+    async def heartbeat(self, owner: str, ttl: float) -> None:
+        with self._lock:
+            self._runners[owner] = time.monotonic() + ttl
+
+    async def forget_runner(self, owner: str) -> None:
+        with self._lock:
+            self._runners.pop(owner, None)
+
+    async def live_runners(self, owners: Iterable[str]) -> set[str]:
+        now = time.monotonic()
+        with self._lock:
+            return {owner for owner in owners if self._runners.get(owner, 0) > now}
+
+    async def acquire_lease(self, name: str, owner: str, ttl: float) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            holder = self._leases.get(name)
+            if holder is not None and holder[0] != owner and holder[1] > now:
+                return False
+            self._leases[name] = (owner, now + ttl)
+            return True
+
+    async def release_lease(self, name: str, owner: str) -> None:
+        with self._lock:
+            holder = self._leases.get(name)
+            if holder is not None and holder[0] == owner:
+                del self._leases[name]
+
+    async def ping(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    def _live(self, task_id: str) -> TaskResult | None:
+        entry = self._records.get(task_id)
+        if entry is None:
+            return None
+        if entry[1] <= time.monotonic():
+            del self._records[task_id]
+            return None
+        return entry[0]
+
+    def _evict(self) -> None:
+        """Drop the oldest finished records above the cap; unfinished ones are never dropped."""
+        excess = len(self._records) - self._max
+        if excess <= 0:
+            return
+        now = time.monotonic()
+        doomed = []
+        for task_id, (record, expires_at) in self._records.items():
+            if record.finished or expires_at <= now:
+                doomed.append(task_id)
+                if len(doomed) >= excess:
+                    break
+        for task_id in doomed:
+            del self._records[task_id]

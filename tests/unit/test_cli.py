@@ -1,0 +1,162 @@
+"""`tasklane` command line: argument handling, and a real `tasklane serve` answering HTTP."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app import cli
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def uvicorn_calls(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    calls: list[dict[str, Any]] = []
+
+    def fake_run(app: str, **kwargs: Any) -> None:
+        calls.append({"app": app, **kwargs})
+
+    monkeypatch.setattr("uvicorn.run", fake_run)
+    for name in ("REDIS_URL", "CELERY_BROKER_URL", "TASKLANE_STORE", "TASKLANE_EXECUTOR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("TASKLANE_LOG_LEVEL", raising=False)
+    return calls
+
+
+def test_help_lists_the_subcommands(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["--help"])
+
+    assert exited.value.code == 0
+    assert "serve" in capsys.readouterr().out
+
+
+def test_a_subcommand_is_required(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.main([])
+
+    assert exited.value.code == 2
+    assert "COMMAND" in capsys.readouterr().err
+
+
+def test_serve_defaults(uvicorn_calls: list[dict[str, Any]]) -> None:
+    assert cli.main(["serve"]) == 0
+
+    assert uvicorn_calls == [
+        {
+            "app": "app.main:create_app",
+            "factory": True,
+            "host": "127.0.0.1",
+            "port": 8000,
+            "workers": 1,
+            "log_level": "info",
+        }
+    ]
+
+
+def test_serve_options_reach_uvicorn_and_the_app(
+    uvicorn_calls: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1/0")  # workers > 1 need a shared store
+
+    code = cli.main(
+        ["serve", "--host", "0.0.0.0", "--port", "9001", "--workers", "2", "--log-level", "DEBUG"]
+    )
+
+    assert code == 0
+    call = uvicorn_calls[0]
+    assert (call["host"], call["port"], call["workers"], call["log_level"]) == (
+        "0.0.0.0",
+        9001,
+        2,
+        "debug",
+    )
+    assert os.environ["TASKLANE_LOG_LEVEL"] == "DEBUG"  # what each worker's factory reads
+
+
+def test_serve_refuses_several_workers_on_the_memory_store(
+    uvicorn_calls: list[dict[str, Any]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["serve", "--workers", "3"]) == 2
+
+    assert uvicorn_calls == []
+    assert "REDIS_URL" in capsys.readouterr().err
+
+
+def test_serve_reports_an_unworkable_configuration(
+    uvicorn_calls: list[dict[str, Any]],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("TASKLANE_STORE", "redis")
+
+    assert cli.main(["serve"]) == 2
+
+    assert uvicorn_calls == []
+    assert "TASKLANE_STORE=redis needs REDIS_URL" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv", [["serve", "--port", "70000"], ["serve", "--workers", "0"], ["serve", "--port", "x"]]
+)
+def test_serve_rejects_bad_values(argv: list[str], uvicorn_calls: list[dict[str, Any]]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.main(argv)
+
+    assert exited.value.code == 2
+    assert uvicorn_calls == []
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_tasklane_serve_answers_and_shuts_down_on_sigterm() -> None:
+    port = _free_port()
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("TASKLANE_", "REDIS_", "CELERY_"))
+    }
+    script = Path(sys.executable).with_name("tasklane")  # the installed console script
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "app.cli"]
+    process = subprocess.Popen(
+        [*command, "serve", "--port", str(port), "--log-level", "info"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as reply:
+                    assert reply.status == 200
+                    break
+            except OSError:
+                assert process.poll() is None, process.stdout.read().decode()  # type: ignore[union-attr]
+                assert time.monotonic() < deadline, "tasklane serve did not become ready"
+                time.sleep(0.1)
+        process.terminate()
+        # uvicorn re-raises SIGTERM after its graceful shutdown, so -15 is a clean exit too.
+        assert process.wait(timeout=20) in (0, -signal.SIGTERM)
+        output = process.stdout.read().decode()  # type: ignore[union-attr]
+        assert "Application shutdown complete" in output
+        assert "Traceback" not in output
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

@@ -1,0 +1,349 @@
+"""One contract, two stores: every test here runs on the memory store and on a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from app.core.tasks.models import Progress, TaskError, TaskResult, TaskStatus
+from app.core.tasks.store import ResultStore
+from app.core.tasks.store.redis import RedisStore
+from tests.support.processes import RedisServer
+
+BASE_TIME = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+
+
+def make_record(
+    task_id: str,
+    *,
+    name: str = "contract_task",
+    status: TaskStatus = TaskStatus.PENDING,
+    offset: int = 0,
+) -> TaskResult:
+    return TaskResult(
+        task_id=task_id,
+        name=name,
+        status=status,
+        executor="background",
+        queue="light",
+        args=[1, "two"],
+        kwargs={"three": 3.0},
+        submitted_at=BASE_TIME + timedelta(seconds=offset),
+    )
+
+
+@pytest.mark.asyncio
+async def test_create_stores_a_new_record(store: ResultStore) -> None:
+    record = make_record("t-1")
+
+    stored, created = await store.create(record)
+
+    assert created is True
+    assert stored == record
+    assert await store.get("t-1") == record
+
+
+@pytest.mark.asyncio
+async def test_create_with_an_existing_id_returns_the_first_record_unchanged(
+    store: ResultStore,
+) -> None:
+    first = make_record("t-1", name="first")
+    await store.create(first)
+
+    stored, created = await store.create(make_record("t-1", name="second", offset=5))
+
+    assert created is False
+    assert stored == first
+    assert await store.get("t-1") == first
+
+
+@pytest.mark.asyncio
+async def test_get_of_an_unknown_id_returns_none(store: ResultStore) -> None:
+    assert await store.get("never-created") is None
+
+
+@pytest.mark.asyncio
+async def test_update_applies_the_mutation_and_returns_the_new_record(store: ResultStore) -> None:
+    await store.create(make_record("t-1"))
+
+    updated = await store.update("t-1", lambda r: r.replace(status=TaskStatus.STARTED, attempts=1))
+
+    assert updated is not None
+    assert updated.status is TaskStatus.STARTED
+    assert updated.attempts == 1
+    assert await store.get("t-1") == updated
+
+
+@pytest.mark.asyncio
+async def test_update_declined_by_the_mutation_changes_nothing(store: ResultStore) -> None:
+    record = make_record("t-1")
+    await store.create(record)
+    seen: list[TaskResult] = []
+
+    def decline(current: TaskResult) -> TaskResult | None:
+        seen.append(current)
+        return None
+
+    assert await store.update("t-1", decline) is None
+    assert seen == [record]
+    assert await store.get("t-1") == record
+
+
+@pytest.mark.asyncio
+async def test_update_of_a_missing_record_returns_none_without_calling_mutate(
+    store: ResultStore,
+) -> None:
+    calls: list[TaskResult] = []
+
+    def mutate(current: TaskResult) -> TaskResult:
+        calls.append(current)
+        return current
+
+    assert await store.update("missing", mutate) is None
+    assert calls == []
+    assert await store.get("missing") is None
+
+
+@pytest.mark.asyncio
+async def test_concurrent_updates_are_all_applied(store: ResultStore) -> None:
+    await store.create(make_record("t-1"))
+
+    async def increment() -> None:
+        await store.update("t-1", lambda r: r.replace(attempts=r.attempts + 1))
+
+    await asyncio.gather(*(increment() for _ in range(50)))
+
+    record = await store.get("t-1")
+    assert record is not None
+    assert record.attempts == 50
+
+
+@pytest.mark.asyncio
+async def test_list_returns_newest_first(store: ResultStore) -> None:
+    for i in range(5):
+        await store.create(make_record(f"t-{i}", offset=i))
+
+    listed = await store.list()
+
+    assert [r.task_id for r in listed] == ["t-4", "t-3", "t-2", "t-1", "t-0"]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("filters", "expected"),
+    [
+        ({"status": TaskStatus.SUCCESS}, ["t-3", "t-1"]),
+        ({"name": "beta"}, ["t-3", "t-2"]),
+        ({"status": TaskStatus.SUCCESS, "name": "beta"}, ["t-3"]),
+        ({"status": TaskStatus.CANCELLED}, []),
+        ({"limit": 2}, ["t-3", "t-2"]),
+        ({"name": "alpha", "limit": 1}, ["t-1"]),
+    ],
+)
+async def test_list_filters_by_status_and_name_and_honours_limit(
+    store: ResultStore, filters: dict, expected: list[str]
+) -> None:
+    layout = [
+        ("t-0", "alpha", TaskStatus.PENDING),
+        ("t-1", "alpha", TaskStatus.SUCCESS),
+        ("t-2", "beta", TaskStatus.FAILURE),
+        ("t-3", "beta", TaskStatus.SUCCESS),
+    ]
+    for offset, (task_id, name, status) in enumerate(layout):
+        await store.create(make_record(task_id, name=name, status=status, offset=offset))
+
+    listed = await store.list(**filters)
+
+    assert [r.task_id for r in listed] == expected
+
+
+@pytest.mark.asyncio
+async def test_list_sees_status_changes_made_by_update(store: ResultStore) -> None:
+    await store.create(make_record("t-0", offset=0))
+    await store.create(make_record("t-1", offset=1))
+
+    await store.update("t-0", lambda r: r.replace(status=TaskStatus.SUCCESS))
+
+    assert [r.task_id for r in await store.list(status=TaskStatus.SUCCESS)] == ["t-0"]
+    assert [r.task_id for r in await store.list(status=TaskStatus.PENDING)] == ["t-1"]
+
+
+@pytest.mark.asyncio
+async def test_claims_map_task_ids_to_owners_until_released(store: ResultStore) -> None:
+    assert await store.claims() == {}
+
+    await store.claim("t-1", "runner-a")
+    await store.claim("t-2", "runner-a")
+    await store.claim("t-3", "runner-b")
+    assert await store.claims() == {"t-1": "runner-a", "t-2": "runner-a", "t-3": "runner-b"}
+
+    await store.release(["t-1", "t-3", "never-claimed"])
+    assert await store.claims() == {"t-2": "runner-a"}
+
+    await store.release([])
+    await store.release(iter(["t-2"]))
+    assert await store.claims() == {}
+
+
+@pytest.mark.asyncio
+async def test_heartbeat_keeps_a_runner_live_until_its_ttl_expires(store: ResultStore) -> None:
+    await store.heartbeat("runner-a", ttl=0.6)
+    await store.heartbeat("runner-b", ttl=30)
+
+    assert await store.live_runners(["runner-a", "runner-b", "runner-c"]) == {
+        "runner-a",
+        "runner-b",
+    }
+    await asyncio.sleep(0.8)
+    assert await store.live_runners(["runner-a", "runner-b", "runner-c"]) == {"runner-b"}
+    assert await store.live_runners([]) == set()
+
+
+@pytest.mark.asyncio
+async def test_forget_runner_ends_its_heartbeat_at_once(store: ResultStore) -> None:
+    await store.heartbeat("runner-a", ttl=30)
+    await store.heartbeat("runner-b", ttl=30)
+
+    await store.forget_runner("runner-a")
+
+    assert await store.live_runners(["runner-a", "runner-b"]) == {"runner-b"}
+
+
+@pytest.mark.asyncio
+async def test_lease_is_renewed_by_its_owner_and_refused_to_others(store: ResultStore) -> None:
+    assert await store.acquire_lease("scheduler", "owner-a", ttl=30) is True
+    assert await store.acquire_lease("scheduler", "owner-a", ttl=30) is True
+    assert await store.acquire_lease("scheduler", "owner-b", ttl=30) is False
+    # Leases are independent by name.
+    assert await store.acquire_lease("other", "owner-b", ttl=30) is True
+
+
+@pytest.mark.asyncio
+async def test_released_lease_can_be_taken_by_another_owner(store: ResultStore) -> None:
+    await store.acquire_lease("scheduler", "owner-a", ttl=30)
+
+    await store.release_lease("scheduler", "owner-b")  # not the holder: no effect
+    assert await store.acquire_lease("scheduler", "owner-b", ttl=30) is False
+
+    await store.release_lease("scheduler", "owner-a")
+    assert await store.acquire_lease("scheduler", "owner-b", ttl=30) is True
+
+
+@pytest.mark.asyncio
+async def test_lease_expires_after_its_ttl(store: ResultStore) -> None:
+    await store.acquire_lease("scheduler", "owner-a", ttl=0.6)
+    assert await store.acquire_lease("scheduler", "owner-b", ttl=0.6) is False
+
+    await asyncio.sleep(0.8)
+
+    assert await store.acquire_lease("scheduler", "owner-b", ttl=30) is True
+    assert await store.acquire_lease("scheduler", "owner-a", ttl=30) is False
+
+
+@pytest.mark.asyncio
+async def test_lease_renewal_extends_its_ttl(store: ResultStore) -> None:
+    await store.acquire_lease("scheduler", "owner-a", ttl=1.0)
+    await asyncio.sleep(0.6)
+    assert await store.acquire_lease("scheduler", "owner-a", ttl=1.0) is True
+    await asyncio.sleep(0.6)  # 1.2 s after the first grant: only the renewal keeps it
+
+    assert await store.acquire_lease("scheduler", "owner-b", ttl=30) is False
+
+
+@pytest.mark.asyncio
+async def test_ping_answers(store: ResultStore) -> None:
+    assert await store.ping() is None
+
+
+@pytest.mark.asyncio
+async def test_record_round_trips_through_the_store_unchanged(store: ResultStore) -> None:
+    started = datetime(2024, 5, 1, 12, 0, 1, 123456, tzinfo=UTC)
+    record = TaskResult(
+        task_id="full-1",
+        name="contract_task",
+        status=TaskStatus.FAILURE,
+        executor="background",
+        queue="heavy",
+        args=[1, 2.5, "x", None, True, [1, [2]], {"k": "v"}],
+        kwargs={"nested": {"list": [1, 2], "unicode": "héllo ✓"}},
+        result={"partial": [1, 2, 3]},
+        error=TaskError(type="ValueError", message="bad", traceback="Traceback...\nValueError"),
+        attempts=3,
+        progress=Progress(fraction=0.75, message="three quarters"),
+        submitted_at=BASE_TIME,
+        started_at=started,
+        finished_at=started + timedelta(seconds=2, microseconds=5),
+        worker="host:123",
+        cancel_requested=True,
+    )
+    await store.create(record)
+
+    loaded = await store.get("full-1")
+
+    assert loaded == record
+    assert loaded is not None
+    assert loaded.submitted_at.utcoffset() == timedelta(0)
+    assert await store.update("full-1", lambda r: r.replace(worker="other")) == record.replace(
+        worker="other"
+    )
+    assert await store.list() == [record.replace(worker="other")]
+
+
+@pytest.mark.asyncio
+async def test_redis_record_key_expires_and_recent_index_is_trimmed(
+    redis_url: str, redis_server: RedisServer
+) -> None:
+    store = RedisStore(redis_url, prefix="trim:", result_ttl=600, recent_max=5)
+    raw = redis_server.client()
+    try:
+        for i in range(8):
+            await store.create(make_record(f"t-{i}", offset=i))
+        await store.update("t-0", lambda r: r.replace(status=TaskStatus.STARTED))
+
+        for i in range(8):
+            assert 0 < raw.ttl(f"trim:task:t-{i}") <= 600
+        assert raw.zrevrange("trim:tasks:recent", 0, -1) == ["t-7", "t-6", "t-5", "t-4", "t-3"]
+        assert [r.task_id for r in await store.list(limit=100)] == [
+            "t-7",
+            "t-6",
+            "t-5",
+            "t-4",
+            "t-3",
+        ]
+    finally:
+        raw.close()
+        await store.close()
+
+
+@pytest.mark.asyncio
+async def test_redis_list_skips_expired_records_without_losing_live_ones(
+    redis_url: str, redis_server: RedisServer
+) -> None:
+    # More records than one listing page (200), the newest of them expired: paging must not
+    # shift past live records when it drops the expired ids from the index.
+    lasting = RedisStore(redis_url, prefix="page:", result_ttl=3600, recent_max=1000)
+    short = RedisStore(redis_url, prefix="page:", result_ttl=1, recent_max=1000)
+    try:
+        for i in range(250):
+            await lasting.create(make_record(f"live-{i:03d}", offset=i))
+        for i in range(20):
+            await short.create(make_record(f"gone-{i:03d}", offset=1000 + i))
+        client = redis_server.client()
+        try:
+            for _ in range(60):
+                if client.exists(*(f"page:task:gone-{i:03d}" for i in range(20))) == 0:
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                pytest.fail("redis never expired the 1 s records")
+        finally:
+            client.close()
+
+        listed = await lasting.list(limit=1000)
+
+        assert [r.task_id for r in listed] == [f"live-{i:03d}" for i in reversed(range(250))]
+    finally:
+        await lasting.close()
+        await short.close()
