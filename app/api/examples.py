@@ -12,7 +12,6 @@ from fastapi import APIRouter, BackgroundTasks, Depends, HTTPException
 
 from app.api.auth import require_token
 from app.api.errors import ERRORS, INVALID, MUTATING
-from app.api.limits import ensure_storable
 from app.core.tasks import get_task_manager
 
 router = APIRouter(tags=["examples"])
@@ -31,7 +30,6 @@ async def process_data(data: dict[str, Any], background_tasks: BackgroundTasks) 
         raise HTTPException(
             status_code=422, detail='The body needs "resource_id": a non-empty string.'
         )
-    ensure_storable("calculate_rating", resource_id)
     task_manager = get_task_manager()
 
     # Submit lightweight task

@@ -1,9 +1,9 @@
-"""Limits on what a request may carry: body size (BodySizeLimit) and task arguments.
+"""Limits on what a request may carry: the body size (BodySizeLimit).
 
 A declared Content-Length above the limit is answered 413 at once, without reading a byte. A
 body without one (chunked) is counted while it streams in; the first chunk past the limit
 aborts the read with the same 413, so a client cannot make the app hold an unbounded body.
-ensure_storable() refuses arguments a record could store but never serve again.
+Task arguments are checked by the task system itself (app/core/tasks/arguments.py).
 """
 
 from __future__ import annotations
@@ -13,14 +13,8 @@ from typing import TYPE_CHECKING
 
 from starlette.exceptions import HTTPException
 
-from app.core.tasks import InvalidTaskArgs
-
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
-
-#: Deepest nesting accepted in task arguments (lists and objects inside each other).
-MAX_NESTING = 100
 
 
 class BodyTooLarge(HTTPException):
@@ -100,34 +94,3 @@ def _content_length(scope: Scope) -> int | None:
             except ValueError:
                 return None  # the server rejects a malformed length before we see it
     return None
-
-
-def ensure_storable(name: str, value: object) -> None:
-    """Raise InvalidTaskArgs for arguments a record could store but never serve again.
-
-    JSON may carry a lone UTF-16 surrogate ("\\ud800") that no UTF-8 encoder accepts, and
-    nesting deeper than any serializer's recursion limit; stored in a record, either would make
-    every later read of it (and the listing that contains it) fail.
-    """
-    stack: list[tuple[object, int]] = [(value, 0)]
-    while stack:
-        item, depth = stack.pop()
-        if depth > MAX_NESTING:
-            raise InvalidTaskArgs(name, f"arguments nest deeper than {MAX_NESTING} levels")
-        if isinstance(item, str):
-            _ensure_unicode(name, item)
-        elif isinstance(item, list):
-            stack.extend((child, depth + 1) for child in item)
-        elif isinstance(item, dict):
-            for key, child in item.items():
-                _ensure_unicode(name, key)
-                stack.append((child, depth + 1))
-
-
-def _ensure_unicode(name: str, text: str) -> None:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidTaskArgs(
-            name, "strings must be valid Unicode (a lone surrogate cannot be stored)"
-        ) from None

@@ -12,7 +12,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.auth import require_token
 from app.api.errors import ERRORS, INVALID, MUTATING, ErrorBody, SafeJSONResponse
-from app.api.limits import ensure_storable
 from app.config import Settings
 from app.core.tasks import InvalidTaskArgs, SubmitOptions, TaskManager, TaskNotFound, TaskStatus
 
@@ -154,7 +153,6 @@ async def _submit(
     clash = _SUBMIT_KEYWORDS.intersection(kwargs)
     if clash:
         raise InvalidTaskArgs(name, f"keyword(s) {sorted(clash)} are reserved by submit()")
-    ensure_storable(name, [args, kwargs])
     return await manager.submit(
         name, *args, background_tasks=background_tasks, options=options, **kwargs
     )

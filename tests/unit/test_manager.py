@@ -97,6 +97,11 @@ async def retry_forever() -> None:
     raise RuntimeError("try again later")
 
 
+@task("test_manager_greet")
+async def greet(name: str) -> str:
+    return f"hello {name}"
+
+
 @task("test_manager_typed")
 def typed(count: int, label: str = "x") -> str:
     return label * count
@@ -452,3 +457,33 @@ async def test_cancel_through_another_process_reaches_the_running_task(redis_url
     assert outcome is CancelOutcome.REQUESTED
     assert record.status is TaskStatus.CANCELLED
     assert record.progress is not None
+
+
+@pytest.mark.asyncio
+async def test_a_task_parameter_called_name_is_passed_by_keyword(manager: TaskManager) -> None:
+    task_id = await manager.submit("test_manager_greet", name="ada")
+    record = await manager.wait(task_id, timeout=10)
+    assert record.status is TaskStatus.SUCCESS
+    assert record.result == "hello ada"
+    assert record.kwargs == {"name": "ada"}
+
+
+def _nested(depth: int) -> Any:
+    value: Any = "x"
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("argument", "reason"),
+    [("\ud800", "lone surrogate"), (_nested(150), "nest deeper than 100")],
+    ids=["lone-surrogate", "too-deep"],
+)
+async def test_arguments_a_record_could_not_serve_are_refused_before_storing(
+    manager: TaskManager, argument: Any, reason: str
+) -> None:
+    with pytest.raises(InvalidTaskArgs, match=reason):
+        await manager.submit("test_manager_greet", argument)
+    assert await manager.list() == []

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 from functools import lru_cache
 from typing import Any, get_type_hints
 
@@ -16,6 +17,36 @@ from pydantic import TypeAdapter, ValidationError
 
 from app.core.tasks.errors import InvalidTaskArgs
 from app.core.tasks.models import TaskSpec
+
+log = logging.getLogger(__name__)
+
+#: Deeper JSON than this is refused: serializers' recursion limits would make a stored record
+#: unreadable (every later read of it, and every listing containing it, would fail).
+MAX_NESTING = 100
+
+
+def storable_problem(value: object) -> str | None:
+    """Why a JSON value could be stored but never served again, or None when it is fine.
+
+    JSON may carry a lone UTF-16 surrogate ("\\ud800") that no UTF-8 encoder accepts, and
+    nesting deeper than a serializer's recursion limit. Iterative, so depth cannot crash it.
+    """
+    stack: list[tuple[object, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_NESTING:
+            return f"values nest deeper than {MAX_NESTING} levels"
+        if isinstance(item, dict):
+            stack.extend((key, depth + 1) for key in item)
+            stack.extend((child, depth + 1) for child in item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend((child, depth + 1) for child in item)
+        elif isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return "strings must be valid Unicode (a lone surrogate cannot be stored)"
+    return None
 
 
 def normalise_arguments(
@@ -26,9 +57,12 @@ def normalise_arguments(
     Raises InvalidTaskArgs naming the problem: wrong count, unknown keyword, a value whose type
     does not match the annotation (strictly: "5" is not an int), or a value JSON cannot carry.
     """
+    problem = storable_problem([list(args), kwargs])
+    if problem is not None:
+        raise InvalidTaskArgs(spec.name, problem)
     try:
         encoded = json.dumps([list(args), kwargs], allow_nan=False)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         raise InvalidTaskArgs(spec.name, f"arguments must be JSON values ({exc})") from None
     json_args, json_kwargs = json.loads(encoded)
     if json_args != list(args) or json_kwargs != kwargs:
@@ -70,7 +104,12 @@ def _signature_of(spec: TaskSpec) -> tuple[inspect.Signature, dict[str, TypeAdap
     signature = signature.replace(parameters=parameters)
     try:
         hints = get_type_hints(spec.func)
-    except Exception:  # unresolved forward references: fall back to count-only checking
+    except Exception as exc:  # unresolved forward references: fall back to count-only checking
+        log.warning(
+            "task %s: annotations cannot be resolved (%s); only the argument count is checked",
+            spec.name,
+            exc,
+        )
         hints = {}
     adapters = {
         parameter.name: TypeAdapter(hints[parameter.name])

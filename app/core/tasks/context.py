@@ -38,6 +38,8 @@ class TaskContext:
         # threading.Event, not asyncio.Event: sync tasks poll it from their own thread.
         self._cancel = threading.Event()
         self._interrupted = False
+        # Progress writes scheduled from the loop itself; the loop keeps only weak references.
+        self._pending_writes: set[asyncio.Task[None]] = set()
 
     def cancelled(self) -> bool:
         """Has someone asked this task to stop? Long sync loops should check it and return."""
@@ -83,7 +85,9 @@ class TaskContext:
             running = None
         if running is self._loop:
             # Called from async code on the loop itself: blocking would deadlock, so schedule.
-            self._loop.create_task(self.aprogress(fraction, message))
+            write = self._loop.create_task(self.aprogress(fraction, message))
+            self._pending_writes.add(write)
+            write.add_done_callback(self._pending_writes.discard)
             return
         future = asyncio.run_coroutine_threadsafe(self.aprogress(fraction, message), self._loop)
         future.result(timeout=30)

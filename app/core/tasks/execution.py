@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from app.core.tasks.arguments import storable_problem
 from app.core.tasks.context import TaskContext
 from app.core.tasks.errors import (
     Interrupted,
@@ -124,8 +125,11 @@ async def execute(
         return Outcome(record=final, ran=True)
 
     try:
+        problem_text = storable_problem(value)
+        if problem_text is not None:
+            raise ValueError(problem_text)
         stored_value = json.loads(json.dumps(value, allow_nan=False))
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         problem = InvalidTaskResult(f"{spec.name} returned a value JSON cannot store: {exc}")
         error = TaskError.from_exception(problem)
         final = await _finish(store, task_id, attempt, TaskStatus.FAILURE, error=error)
@@ -139,7 +143,9 @@ async def _call(spec: TaskSpec, ctx: TaskContext, record: TaskResult) -> Any:
     """Invoke the task body: coroutines on this loop, sync functions on a daemon thread.
 
     A sync body cannot be interrupted: on timeout its record fails with TaskTimeout, its
-    ctx.cancelled() turns true, and the thread's late result is discarded.
+    ctx.cancelled() turns true (which also rules out a retry while the old thread still runs),
+    and the thread's late result is discarded. A timed-out async body is cancelled outright, so
+    it is retried like any other failure.
     """
     args: list[Any] = [ctx, *record.args] if spec.takes_context else list(record.args)
     if spec.is_async:
@@ -155,7 +161,8 @@ async def _call(spec: TaskSpec, ctx: TaskContext, record: TaskResult) -> Any:
     except TimeoutError:
         if not deadline.expired():
             raise  # the task's own TimeoutError (a client's, say): an ordinary, retryable failure
-        ctx.request_cancel()
+        if not spec.is_async:
+            ctx.request_cancel()
         raise TaskTimeout(spec.name, spec.timeout) from None
 
 

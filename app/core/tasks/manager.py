@@ -80,6 +80,7 @@ class TaskManager:
     async def submit(
         self,
         name: str,
+        /,
         *args: Any,
         background_tasks: BackgroundTasks | None = None,
         options: SubmitOptions | None = None,

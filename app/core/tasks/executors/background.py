@@ -65,6 +65,9 @@ class BackgroundTasksExecutor(Executor):
         self._jobs: dict[str, asyncio.Task[None]] = {}
         self._contexts: dict[str, TaskContext] = {}
         self._running: set[str] = set()
+        # Jobs sleeping through a countdown or a retry backoff: not started work, so shutdown
+        # settles them at once instead of waiting out the grace period for them.
+        self._sleeping: set[str] = set()
         self._keepalive: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -78,7 +81,7 @@ class BackgroundTasksExecutor(Executor):
         self._loop = loop
         self._accepting = True
         self._semaphore = asyncio.Semaphore(self.concurrency)
-        self._jobs, self._contexts, self._running = {}, {}, set()
+        self._jobs, self._contexts, self._running, self._sleeping = {}, {}, set(), set()
         if self.store.kind != "memory":
             # Only a shared store has other runners whose crashes we must notice.
             await self.store.heartbeat(self.runner_id, ttl=3 * self.heartbeat_interval)
@@ -92,7 +95,9 @@ class BackgroundTasksExecutor(Executor):
             self._keepalive = None
         if self._loop is not asyncio.get_running_loop():
             return
-        jobs = list(self._jobs.values())
+        for task_id in list(self._sleeping):
+            self._jobs[task_id].cancel()
+        jobs = [job for task_id, job in self._jobs.items() if task_id not in self._sleeping]
         if jobs:
             log.info("draining %d task(s) for up to %.1f s", len(jobs), grace)
             await asyncio.wait(jobs, timeout=grace)
@@ -210,7 +215,7 @@ class BackgroundTasksExecutor(Executor):
         settled = False
         try:
             if delay > 0:
-                await asyncio.sleep(delay)
+                await self._sleep(task_id, delay)
             while True:
                 async with self._semaphore:
                     self._running.add(task_id)
@@ -229,7 +234,9 @@ class BackgroundTasksExecutor(Executor):
                 if outcome.retry_in is None:
                     settled = True
                     break
-                await asyncio.sleep(outcome.retry_in)
+                if not self._accepting:
+                    break  # shutting down: stop() settles the RETRY record as Interrupted
+                await self._sleep(task_id, outcome.retry_in)
         except asyncio.CancelledError:
             settled = self._accepting  # a user cancel settles here; shutdown settles in stop()
         except StoreUnavailable as exc:
@@ -242,6 +249,13 @@ class BackgroundTasksExecutor(Executor):
             if settled:
                 with contextlib.suppress(StoreUnavailable):
                     await self.store.release([task_id])
+
+    async def _sleep(self, task_id: str, seconds: float) -> None:
+        self._sleeping.add(task_id)
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            self._sleeping.discard(task_id)
 
     async def _keep_alive(self) -> None:
         beats = 0

@@ -65,7 +65,7 @@ class MemoryStore:
             for record, expires_at in reversed(self._records.values()):
                 if expires_at <= now:
                     continue
-                if status is not None and record.status is not status:
+                if status is not None and record.status != status:
                     continue
                 if name is not None and record.name != name:
                     continue

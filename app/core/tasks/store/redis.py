@@ -138,7 +138,7 @@ class RedisStore:
                     record = self._decode_or_none(task_id, raw)
                     if record is None:
                         continue
-                    if status is not None and record.status is not status:
+                    if status is not None and record.status != status:
                         continue
                     if name is not None and record.name != name:
                         continue
