@@ -74,6 +74,16 @@ async def slow_async() -> None:
     await asyncio.sleep(30)
 
 
+@task("test_runner_slow_async_retried", timeout=0.1, retries=1, backoff=0.01)
+async def slow_async_retried() -> None:
+    await asyncio.sleep(30)
+
+
+@task("test_runner_slow_sync_retries_set", timeout=0.1, retries=1, backoff=0.01)
+def slow_sync_retries_set() -> None:
+    time.sleep(0.5)
+
+
 @task("test_runner_slow_sync", timeout=0.2, takes_context=True)
 def slow_sync(ctx: TaskContext) -> str:
     deadline = time.monotonic() + 10
@@ -351,6 +361,32 @@ async def test_async_task_over_its_timeout_fails_with_task_timeout(manager: Task
     assert record.error is not None
     assert record.error.type == "TaskTimeout"
     assert "0.2" in record.error.message
+
+
+@pytest.mark.asyncio
+async def test_async_task_over_its_timeout_is_retried_like_any_failure(
+    manager: TaskManager,
+) -> None:
+    task_id = await manager.submit("test_runner_slow_async_retried")
+    record = await manager.wait(task_id, timeout=10)
+
+    assert record.status is TaskStatus.FAILURE
+    assert record.attempts == 2
+    assert record.error is not None
+    assert record.error.type == "TaskTimeout"
+
+
+@pytest.mark.asyncio
+async def test_sync_task_over_its_timeout_is_not_retried_while_its_thread_runs(
+    manager: TaskManager,
+) -> None:
+    task_id = await manager.submit("test_runner_slow_sync_retries_set")
+    record = await manager.wait(task_id, timeout=10)
+
+    assert record.status is TaskStatus.FAILURE
+    assert record.attempts == 1
+    assert record.error is not None
+    assert record.error.type == "TaskTimeout"
 
 
 @pytest.mark.asyncio

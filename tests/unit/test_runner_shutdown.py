@@ -201,3 +201,28 @@ async def test_start_on_a_shared_store_settles_tasks_left_by_a_dead_process(
     assert record.error is not None
     assert record.error.type == "Interrupted"
     assert claims == {}
+
+
+@pytest.mark.asyncio
+async def test_stop_does_not_wait_out_the_grace_for_tasks_still_in_their_countdown(
+    store: ResultStore,
+) -> None:
+    runner = BackgroundTasksExecutor(store, concurrency=2)
+    manager = TaskManager(store=store, executor=runner)
+    await runner.start()
+    delayed = await manager.submit("sample_sleep_async", 0.01, options=SubmitOptions(countdown=600))
+    quick = await manager.submit("sample_sleep_async", 0.2)
+
+    grace = 30.0
+    began = time.monotonic()
+    await runner.stop(grace=grace)
+    elapsed = time.monotonic() - began
+
+    # Only the running task is drained; the one still counting down is settled at once.
+    assert elapsed < grace / 3
+    assert (await manager.get_result(quick)).status is TaskStatus.SUCCESS
+    record = await manager.get_result(delayed)
+    assert record.status is TaskStatus.FAILURE
+    assert record.error is not None
+    assert record.error.type == "Interrupted"
+    assert await store.claims() == {}

@@ -201,12 +201,16 @@ class BackgroundTasksExecutor(Executor):
         if not self._accepting:
             # A hand-off that fired after stop(): stop() already settled every claimed record.
             return
+        if delay > 0:
+            # Counted as sleeping from now: stop() may run before the job's first step.
+            self._sleeping.add(task_id)
         job = self._loop.create_task(self._run(task_id, delay), name=f"tasklane:{task_id}")
         self._jobs[task_id] = job
 
         def forget(done: asyncio.Task[None]) -> None:
             if self._jobs.get(task_id) is done:
                 del self._jobs[task_id]
+                self._sleeping.discard(task_id)
 
         job.add_done_callback(forget)
 
