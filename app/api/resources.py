@@ -13,7 +13,8 @@ from fastapi import APIRouter, BackgroundTasks, Depends, HTTPException, Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.auth import require_token
-from app.api.tasks import ERRORS, MUTATING, Manager
+from app.api.dependencies import Manager
+from app.api.errors import ERRORS, MUTATING
 from app.core.tasks import ExecutorUnavailable
 from app.tasks.data import get_domain_data
 

@@ -364,27 +364,21 @@ async def test_async_task_over_its_timeout_fails_with_task_timeout(manager: Task
 
 
 @pytest.mark.asyncio
-async def test_async_task_over_its_timeout_is_retried_like_any_failure(
-    manager: TaskManager,
+@pytest.mark.parametrize(
+    ("name", "attempts"),
+    [
+        ("test_runner_slow_async_retried", 2),  # cancelled outright, so retried like any failure
+        ("test_runner_slow_sync_retries_set", 1),  # its thread still runs: no second copy
+    ],
+)
+async def test_timed_out_task_is_retried_only_when_async(
+    manager: TaskManager, name: str, attempts: int
 ) -> None:
-    task_id = await manager.submit("test_runner_slow_async_retried")
+    task_id = await manager.submit(name)
     record = await manager.wait(task_id, timeout=10)
 
     assert record.status is TaskStatus.FAILURE
-    assert record.attempts == 2
-    assert record.error is not None
-    assert record.error.type == "TaskTimeout"
-
-
-@pytest.mark.asyncio
-async def test_sync_task_over_its_timeout_is_not_retried_while_its_thread_runs(
-    manager: TaskManager,
-) -> None:
-    task_id = await manager.submit("test_runner_slow_sync_retries_set")
-    record = await manager.wait(task_id, timeout=10)
-
-    assert record.status is TaskStatus.FAILURE
-    assert record.attempts == 1
+    assert record.attempts == attempts
     assert record.error is not None
     assert record.error.type == "TaskTimeout"
 
