@@ -5,10 +5,8 @@ error type Interrupted; none is left STARTED (or PENDING)."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.processes import REPO_ROOT, RedisServer, free_port, wait_for_port
+from tests.support.processes import RedisServer, ServerProcess, clean_environment
 
 pytestmark = pytest.mark.integration
 
@@ -24,33 +22,9 @@ GRACE = 2.0
 LONG = 30
 
 
-def server_command(port: int) -> list[str]:
-    """`tasklane serve` when the console script is installed, else the same uvicorn call."""
-    tasklane = Path(sys.executable).with_name("tasklane")
-    if tasklane.exists():
-        return [str(tasklane), "serve", "--host", "127.0.0.1", "--port", str(port)]
-    return [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "app.main:create_app",
-        "--factory",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
-
-
 @pytest.fixture
 def server(redis_url: str, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str, Path]]:
-    port = free_port()
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("TASKLANE_", "CELERY_", "REDIS_"))
-    }
-    env.update(
+    env = clean_environment(
         REDIS_URL=redis_url,
         TASKLANE_STORE="redis",
         TASKLANE_EXECUTOR="background",
@@ -59,20 +33,12 @@ def server(redis_url: str, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[by
         TASKLANE_CONCURRENCY="64",
         TASKLANE_TASK_MODULES="tests.support.sample_tasks",
         TASKLANE_LOG_LEVEL="WARNING",
-        PYTHONPATH=str(REPO_ROOT),
     )
-    log = tmp_path / "server.log"
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            server_command(port), cwd=REPO_ROOT, env=env, stdout=output, stderr=subprocess.STDOUT
-        )
+    server = ServerProcess(env, tmp_path / "server.log")
     try:
-        wait_for_port(port, timeout=30, process=process)
-        yield process, f"http://127.0.0.1:{port}", log
+        yield server.process, server.url, server.log_path
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=10)
+        server.kill()
 
 
 def wait_for(client: httpx.Client, ids: list[str], done: set[str], timeout: float = 20) -> None:

@@ -6,6 +6,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -110,3 +111,54 @@ class RedisServer:
     def cleanup(self) -> None:
         self.stop()
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def clean_environment(**overrides: str) -> dict[str, str]:
+    """This process's environment without any tasklane, Redis or Celery setting, plus overrides:
+    a server started with it sees only what the test chose."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("TASKLANE_", "CELERY_", "REDIS_"))
+    }
+    env["PYTHONPATH"] = str(REPO_ROOT)
+    env.update(overrides)
+    return env
+
+
+def tasklane_command(*args: str) -> list[str]:
+    """The installed `tasklane` console script (what the image and `make run` use)."""
+    script = Path(sys.executable).with_name("tasklane")
+    if not script.exists():
+        raise RuntimeError("the tasklane console script is not installed: run `make test`")
+    return [str(script), *args]
+
+
+class ServerProcess:
+    """`tasklane serve` on a free loopback port, its output in a log file."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        with log_path.open("wb") as output:
+            self.process = subprocess.Popen(
+                tasklane_command("serve", "--host", "127.0.0.1", "--port", str(self.port)),
+                cwd=REPO_ROOT,
+                env=env,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            wait_for_port(self.port, timeout=30, process=self.process)
+        except Exception:
+            self.kill()
+            raise
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)

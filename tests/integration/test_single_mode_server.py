@@ -1,0 +1,80 @@
+"""Acceptance for `make run`: a real `tasklane serve` with no configuration at all (embedded
+single mode: in-process runner, memory store, no service) answers the README's commands."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import math
+import struct
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import websockets
+
+from tests.support.processes import ServerProcess, clean_environment
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    log_path: Path = tmp_path_factory.mktemp("single") / "server.log"
+    process = ServerProcess(clean_environment(), log_path)
+    try:
+        yield process
+    finally:
+        process.kill()
+
+
+def wait_final(client: httpx.Client, task_id: str, timeout: float = 20) -> dict[str, object]:
+    deadline = time.monotonic() + timeout
+    while True:
+        record = client.get(f"/api/tasks/{task_id}/status").json()
+        if record["status"] in ("SUCCESS", "FAILURE", "CANCELLED"):
+            return record
+        assert time.monotonic() < deadline, f"task {task_id} still {record['status']}"
+        time.sleep(0.05)
+
+
+def test_bare_recalculate_post_is_accepted_and_reaches_success(server: ServerProcess) -> None:
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        # Exactly `curl -X POST localhost:8000/api/tasks/rating/recalculate`: no body at all.
+        response = client.post("/api/tasks/rating/recalculate")
+        assert response.status_code == 202
+        record = wait_final(client, response.json()["task_id"])
+
+        executors = client.get("/api/tasks/executors").json()
+    assert record["status"] == "SUCCESS"
+    assert record["name"] == "calculate_all_ratings"
+    assert executors["mode"] == "single"
+    assert executors["store"] == "memory"
+
+
+def test_websocket_audio_task_completes_with_no_request_attached(server: ServerProcess) -> None:
+    samples = [int(8000 * math.sin(2 * math.pi * 220 * i / 16000)) for i in range(8000)]
+    pcm = struct.pack(f"<{len(samples)}h", *samples)
+
+    async def stream() -> list[dict[str, object]]:
+        url = server.url.replace("http://", "ws://") + "/ws/audio/single-mode-res"
+        async with websockets.connect(url) as socket:
+            await socket.send(pcm[:8000])
+            await socket.send(
+                json.dumps({"type": "chunk", "data": base64.b64encode(pcm[8000:]).decode()})
+            )
+            await socket.send(json.dumps({"type": "end", "user_name": "ada"}))
+            return [json.loads(frame) async for frame in socket]
+
+    frames = asyncio.run(asyncio.wait_for(stream(), 30))
+
+    assert frames[0]["type"] == "accepted"
+    assert frames[-1]["type"] == "result"
+    assert frames[-1]["status"] == "SUCCESS"
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        resource = client.get("/api/resources/single-mode-res").json()
+    assert resource["status"] == "processed"
+    assert resource["analysis"]["duration_s"] == pytest.approx(0.5)
