@@ -14,6 +14,11 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ExecutorKind = Literal["background", "celery", "hybrid"]
+
+#: The migration guide's HEAVY_TASKS: routed to Celery whenever a worker can take them.
+GUIDE_HEAVY_TASKS = frozenset(
+    {"process_speak_audio", "calculate_all_ratings", "sync_impressions_from_redis"}
+)
 StoreKind = Literal["memory", "redis"]
 
 
@@ -60,15 +65,53 @@ class Settings(BaseSettings):
     #: Largest total audio a WebSocket session may stream, in bytes.
     max_audio_bytes: int = Field(default=16 * 1_048_576, ge=1024)
 
+    # -- scaled mode (Celery) ------------------------------------------------------------------
+    #: Tasks routed to Celery when a worker can serve them (the guide's HEAVY_TASKS), on top of
+    #: every task registered with weight="heavy".
+    heavy_tasks: Annotated[set[str], NoDecode] = Field(
+        default_factory=lambda: set(GUIDE_HEAVY_TASKS), validation_alias=_alias("HEAVY_TASKS")
+    )
+    #: Pins: "process_speak_audio=celery,send_notification=background" wins over every rule.
+    routes: Annotated[dict[str, Literal["background", "celery"]], NoDecode] = Field(
+        default_factory=dict
+    )
+    #: KEDA scales workers from zero: an empty pool is not an outage, so heavy tasks queue.
+    scale_from_zero: bool = False
+    #: Celery queue names for light and heavy tasks.
+    light_queue: str = Field(default="light", min_length=1)
+    heavy_queue: str = Field(default="heavy", min_length=1)
+    #: Seconds between worker heartbeats; a worker is live for 3 intervals after its last one.
+    worker_heartbeat_interval: float = Field(default=5.0, gt=0)
+    #: Seconds between the api's reads of worker heartbeats (off the request path).
+    monitor_interval: float = Field(default=2.0, gt=0)
+    #: Seconds a task sent to Celery may wait for a worker while none is live before an
+    #: idempotent one is taken back and run in-process.
+    dispatch_deadline: float = Field(default=60.0, gt=0)
+    #: Upper bound in seconds on publishing one task; a dead broker fails within it.
+    publish_timeout: float = Field(default=2.0, gt=0, le=30)
+
     log_format: Literal["text", "json"] = "text"
     log_level: str = "INFO"
 
-    @field_validator("task_modules", mode="before")
+    @field_validator("task_modules", "heavy_tasks", mode="before")
     @classmethod
-    def _split_modules(cls, value: object) -> object:
+    def _split_list(cls, value: object) -> object:
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
+
+    @field_validator("routes", mode="before")
+    @classmethod
+    def _split_routes(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        routes: dict[str, str] = {}
+        for item in filter(None, (part.strip() for part in value.split(","))):
+            name, sep, executor = item.partition("=")
+            if not sep or not name.strip():
+                raise ValueError(f"TASKLANE_ROUTES entry {item!r} is not name=executor")
+            routes[name.strip()] = executor.strip()
+        return routes
 
     @cached_property
     def resolved_executor(self) -> ExecutorKind:

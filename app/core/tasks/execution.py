@@ -80,7 +80,11 @@ async def execute(
     started = await store.update(task_id, lambda current: _to_started(current, executor, worker))
     if started is None:
         current = await store.get(task_id)
-        if current is not None and current.status in (TaskStatus.PENDING, TaskStatus.RETRY):
+        if (
+            current is not None
+            and current.status in (TaskStatus.PENDING, TaskStatus.RETRY)
+            and current.cancel_requested
+        ):
             # Waiting but cancel_requested: it never ran, so it ends CANCELLED.
             cancelled = await _settle_waiting(
                 store, task_id, TaskStatus.CANCELLED, TaskCancelled("cancelled before start"), hooks
@@ -168,6 +172,10 @@ async def _call(spec: TaskSpec, ctx: TaskContext, record: TaskResult) -> Any:
 
 def _to_started(record: TaskResult, executor: str, worker: str) -> TaskResult | None:
     if record.status not in (TaskStatus.PENDING, TaskStatus.RETRY) or record.cancel_requested:
+        return None
+    if record.executor != executor:
+        # The record was routed elsewhere (a hybrid took a queued task back to run it locally):
+        # a late copy of the message must not run it a second time.
         return None
     return record.replace(
         status=TaskStatus.STARTED,

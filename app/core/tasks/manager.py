@@ -101,7 +101,8 @@ class TaskManager:
             task_id=options.task_id or str(uuid.uuid4()),
             name=spec.name,
             status=TaskStatus.PENDING,
-            executor=self.executor.name,
+            # The executor that must run it; the hybrid picks one per task (no network I/O).
+            executor=self.executor.route(spec),
             queue=spec.queue,
             args=json_args,
             kwargs=json_kwargs,

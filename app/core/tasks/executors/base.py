@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from fastapi import BackgroundTasks
 
-    from app.core.tasks.models import TaskResult
+    from app.core.tasks.models import TaskResult, TaskSpec
 
 
 class Executor:
@@ -36,6 +36,14 @@ class Executor:
         """Start (or queue) the task whose PENDING record was just written. With
         background_tasks, an in-process start waits until the HTTP response is sent."""
         raise NotImplementedError
+
+    def route(self, spec: TaskSpec) -> str:
+        """Name of the executor that will run a task of this spec, written into its record.
+
+        Must not do network I/O (it runs inside submit). Raises ExecutorUnavailable when no
+        executor may take the task now.
+        """
+        return self.name
 
     async def cancel(self, task_id: str) -> None:
         """Stop the task if it is here (the manager has already updated its record)."""
