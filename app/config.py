@@ -89,6 +89,9 @@ class Settings(BaseSettings):
     dispatch_deadline: float = Field(default=60.0, gt=0)
     #: Upper bound in seconds on publishing one task; a dead broker fails within it.
     publish_timeout: float = Field(default=2.0, gt=0, le=30)
+    #: Seconds before the broker hands an unacknowledged task (its worker died) to another
+    #: worker. None: twice the longest registered task timeout, at least one hour.
+    visibility_timeout: int | None = Field(default=None, ge=1)
 
     log_format: Literal["text", "json"] = "text"
     log_level: str = "INFO"
