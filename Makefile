@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: run test lint format clean system-packages
+.PHONY: run run-scaled test lint format clean system-packages
 
 # A stamp per dependency set, so `make test` after `make run` installs only the extras.
 $(BIN)/python:
@@ -23,6 +23,10 @@ $(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
 ## run: single mode on http://$(HOST):$(PORT) (in-process executor, in-memory store, no services)
 run: $(VENV)/.runtime-installed
 	$(BIN)/tasklane serve --host $(HOST) --port $(PORT)
+
+## run-scaled: redis-server + api (hybrid) + one Celery worker + beat on localhost; Ctrl-C stops all
+run-scaled: $(VENV)/.runtime-installed system-packages
+	HOST=$(HOST) PORT=$(PORT) VENV=$(VENV) scripts/run-local scaled
 
 system-packages:
 	scripts/ensure-system-packages redis-server

@@ -1,6 +1,13 @@
 """`tasklane` command line: thin wrappers that start the same processes the chart runs.
 
 tasklane serve [--host 127.0.0.1] [--port 8000] [--workers 1] [--log-level info]
+tasklane worker [--queues light,heavy] [--concurrency N] [--hostname NAME] [--loglevel info]
+                [--pool prefork]
+tasklane beat [--schedule PATH] [--loglevel info]
+
+worker and beat exec `celery -A app.workers.celery_app worker|beat ...` (the guide's commands):
+exec, not a child process, so Celery is PID 1 in a container and receives SIGTERM itself for
+its warm shutdown.
 """
 
 from __future__ import annotations
@@ -8,10 +15,22 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import NoReturn
 
 from app.config import Settings
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+CELERY_LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+POOLS = ("prefork", "threads", "solo")
+#: Where `tasklane beat` keeps its schedule state by default (the root FS may be read-only).
+DEFAULT_BEAT_SCHEDULE = str(Path(tempfile.gettempdir()) / "tasklane-celerybeat-schedule")
+CELERY_APP = "app.workers.celery_app"
+
+#: os.execvp's shape; tests pass a recorder instead.
+ExecFunction = Callable[[str, Sequence[str]], NoReturn]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,14 +57,57 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="log level (default: TASKLANE_LOG_LEVEL, else info)",
     )
+
+    worker = commands.add_parser(
+        "worker",
+        help="run a Celery worker (exec celery -A app.workers.celery_app worker)",
+        description="Run a Celery worker for the task queues; needs CELERY_BROKER_URL.",
+    )
+    worker.add_argument(
+        "--queues",
+        type=_queue_list,
+        default=None,
+        help="comma-separated queues to consume (default: the light and heavy queues)",
+    )
+    worker.add_argument(
+        "--concurrency", type=_positive, default=None, help="pool processes (default: CPUs)"
+    )
+    worker.add_argument("--hostname", default=None, help="node name (default: celery@%%h)")
+    worker.add_argument("--pool", choices=POOLS, default="prefork", help="(default prefork)")
+    _add_celery_loglevel(worker)
+
+    beat = commands.add_parser(
+        "beat",
+        help="run Celery beat with the periodic schedule (exec celery ... beat)",
+        description="Submit app.tasks.schedule.SCHEDULE to the queues; run exactly one.",
+    )
+    beat.add_argument(
+        "--schedule",
+        default=DEFAULT_BEAT_SCHEDULE,
+        help=f"schedule state file in a writable directory (default {DEFAULT_BEAT_SCHEDULE})",
+    )
+    _add_celery_loglevel(beat)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the command argv names; returns the process exit status."""
+def _add_celery_loglevel(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--loglevel",
+        type=str.lower,
+        choices=CELERY_LOG_LEVELS,
+        default=None,
+        help="log level (default: TASKLANE_LOG_LEVEL, else info)",
+    )
+
+
+def main(argv: list[str] | None = None, *, exec_function: ExecFunction = os.execvp) -> int:
+    """Run the command argv names; returns the process exit status (worker and beat replace
+    this process through exec_function and return only when they cannot start)."""
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         return serve(host=args.host, port=args.port, workers=args.workers, log_level=args.log_level)
+    if args.command in ("worker", "beat"):
+        return celery(args, exec_function)
     raise AssertionError(f"unhandled command {args.command!r}")  # argparse refuses the rest
 
 
@@ -78,6 +140,88 @@ def serve(*, host: str, port: int, workers: int, log_level: str | None) -> int:
         log_level=(log_level or settings.log_level).lower(),
     )
     return 0
+
+
+def celery(args: argparse.Namespace, exec_function: ExecFunction) -> int:
+    """Replace this process with the Celery worker or beat that args describe."""
+    try:
+        settings = _celery_settings(args.command)
+    except ValueError as exc:
+        print(f"tasklane {args.command}: {exc}", file=sys.stderr)
+        return 2
+    loglevel = (args.loglevel or settings.log_level).upper()
+    if args.command == "worker":
+        command = worker_command(
+            queues=args.queues or [settings.light_queue, settings.heavy_queue],
+            concurrency=args.concurrency,
+            hostname=args.hostname,
+            loglevel=loglevel,
+            pool=args.pool,
+        )
+    else:
+        command = beat_command(schedule=args.schedule, loglevel=loglevel)
+    try:
+        exec_function(command[0], command)
+    except OSError as exc:
+        print(f"tasklane {args.command}: cannot run {command[0]}: {exc}", file=sys.stderr)
+        return 127
+    return 0  # reached only when exec_function is a test's recorder
+
+
+def celery_program() -> list[str]:
+    """The `celery` console script of this environment (falls back to python -m celery)."""
+    script = Path(sys.executable).with_name("celery")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "celery"]
+
+
+def worker_command(
+    *,
+    queues: Sequence[str],
+    concurrency: int | None,
+    hostname: str | None,
+    loglevel: str,
+    pool: str,
+) -> list[str]:
+    """argv of the Celery worker that `tasklane worker` execs."""
+    command = [*celery_program(), "-A", CELERY_APP, "worker", "--queues", ",".join(queues)]
+    if concurrency is not None:
+        command += ["--concurrency", str(concurrency)]
+    if hostname is not None:
+        command += ["--hostname", hostname]
+    return [*command, "--pool", pool, "--loglevel", loglevel]
+
+
+def beat_command(*, schedule: str, loglevel: str) -> list[str]:
+    """argv of the Celery beat that `tasklane beat` execs."""
+    return [
+        *celery_program(),
+        "-A",
+        CELERY_APP,
+        "beat",
+        "--schedule",
+        schedule,
+        "--loglevel",
+        loglevel,
+    ]
+
+
+def _celery_settings(role: str) -> Settings:
+    """Settings for a worker or beat; ValueError naming the variable when they cannot work."""
+    settings = Settings()
+    if not settings.celery_broker_url:
+        raise ValueError(
+            "CELERY_BROKER_URL is not set (e.g. redis://redis:6379/0); "
+            f"a Celery {role} needs the broker the api publishes to"
+        )
+    settings.check()
+    return settings
+
+
+def _queue_list(value: str) -> list[str]:
+    queues = [item.strip() for item in value.split(",") if item.strip()]
+    if not queues:
+        raise argparse.ArgumentTypeError("name at least one queue")
+    return queues
 
 
 def _port(value: str) -> int:

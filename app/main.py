@@ -17,6 +17,7 @@ from app.api.errors import install_error_handlers
 from app.api.examples import router as examples_router
 from app.api.health import router as health_router
 from app.api.limits import BodySizeLimit
+from app.api.metrics import router as metrics_router
 from app.api.resources import router as resources_router
 from app.api.tasks import router as tasks_router
 from app.api.ws import router as ws_router
@@ -80,5 +81,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(examples_router)
     app.include_router(resources_router)
     app.include_router(health_router)
+    app.include_router(metrics_router)
     app.include_router(ws_router)
     return app

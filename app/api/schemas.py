@@ -94,7 +94,10 @@ class TaskInfo(BaseModel):
     name: str
     weight: Literal["light", "heavy"]
     queue: str
-    route: str = Field(description="Executor the task would run on if submitted now")
+    route: str = Field(
+        description="Executor the task would run on if submitted now "
+        "(background | celery; unavailable: submit would answer 503)"
+    )
     retries: int
     timeout: float | None
     idempotent: bool
@@ -105,4 +108,16 @@ class ExecutorsResponse(BaseModel):
     executor: str
     store: str
     executors: list[dict[str, Any]]
+    workers: dict[str, int] = Field(
+        default_factory=dict, description="Live Celery workers per queue (hybrid executor)"
+    )
+    queue_lengths: dict[str, int] = Field(
+        default_factory=dict, description="Messages waiting per queue, priority lists included"
+    )
+    active: dict[str, int] = Field(
+        default_factory=dict, description="Tasks running on workers per queue"
+    )
+    broker_up: bool | None = Field(
+        default=None, description="Did the last read of the broker succeed? (hybrid only)"
+    )
     tasks: list[TaskInfo]

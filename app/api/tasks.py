@@ -25,7 +25,16 @@ from app.api.schemas import (
     TaskRecord,
 )
 from app.config import Settings
-from app.core.tasks import InvalidTaskArgs, SubmitOptions, TaskManager, TaskNotFound, TaskStatus
+from app.core.tasks import (
+    ExecutorUnavailable,
+    InvalidTaskArgs,
+    SubmitOptions,
+    TaskManager,
+    TaskNotFound,
+    TaskSpec,
+    TaskStatus,
+)
+from app.core.tasks.executors.base import Executor
 
 # Keywords submit() takes for itself: a task keyword by one of these names cannot be passed
 # through **kwargs (Python would raise TypeError, a 500), so the route refuses it with a 422.
@@ -96,20 +105,26 @@ async def list_tasks(
 
 @router.get("/executors", response_model=ExecutorsResponse)
 async def describe_executors(request: Request, manager: Manager) -> ExecutorsResponse:
-    """Which executor and store this process uses, and every registered task's routing."""
+    """Mode, executor and store of this process, live workers and queue lengths (scaled mode),
+    and the executor each registered task would be routed to if submitted now."""
     settings: Settings = request.app.state.settings
     executor = manager.executor
+    info = executor.describe()
     return ExecutorsResponse(
         mode="single" if settings.resolved_executor == "background" else "scaled",
         executor=settings.resolved_executor,
         store=settings.resolved_store,
-        executors=[executor.describe()],
+        executors=[info],
+        workers=info.get("workers", {}),
+        queue_lengths=info.get("queue_lengths", {}),
+        active=info.get("active", {}),
+        broker_up=info.get("broker_up"),
         tasks=[
             TaskInfo(
                 name=spec.name,
                 weight=spec.weight,
                 queue=spec.queue,
-                route=executor.name,
+                route=_route_now(executor, spec),
                 retries=spec.retries,
                 timeout=spec.timeout,
                 idempotent=spec.idempotent,
@@ -117,6 +132,17 @@ async def describe_executors(request: Request, manager: Manager) -> ExecutorsRes
             for spec in manager.registry
         ],
     )
+
+
+def _route_now(executor: Executor, spec: TaskSpec) -> str:
+    # The hybrid counts every route() in its metrics: a look must not count as a decision.
+    preview = getattr(executor, "preview_route", None)
+    if preview is not None:
+        return preview(spec)
+    try:
+        return executor.route(spec)
+    except ExecutorUnavailable:
+        return "unavailable"
 
 
 @router.get("/{task_id}/status", name="task_status", response_model=TaskRecord, responses=ERRORS)

@@ -93,6 +93,13 @@ class StoreUnavailable(ExecutorUnavailable):
         super().__init__(f"the result store is unreachable ({detail})", retry_after=5)
 
 
+class BrokerUnavailable(ExecutorUnavailable):
+    """The Celery broker did not take the task within the publish timeout."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(f"the Celery broker is unreachable ({detail})", retry_after=5)
+
+
 class TaskCancelled(TasklaneError):
     """Raised inside a task (ctx.raise_if_cancelled()) to stop after a cancel request."""
 

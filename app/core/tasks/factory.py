@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import threading
+from typing import TYPE_CHECKING
 
 from app.config import Settings
 from app.core.tasks.executors.background import BackgroundTasksExecutor
 from app.core.tasks.hooks import HookChain, TaskHooks, TransitionLog
 from app.core.tasks.manager import TaskManager
+from app.core.tasks.queues import QueueRouting
 from app.core.tasks.registry import TaskRegistry, autodiscover
 from app.core.tasks.registry import registry as default_registry
 from app.core.tasks.store import create_store
+
+if TYPE_CHECKING:
+    from app.core.tasks.executors.base import Executor
+    from app.core.tasks.store import ResultStore
+
+#: URL schemes of a Redis broker (whose queue lengths the monitor can read).
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 _lock = threading.Lock()
 _manager: TaskManager | None = None
@@ -31,16 +40,68 @@ def build_task_manager(
     autodiscover(settings.task_modules)
     store = create_store(settings)
     hooks = hooks or HookChain([TransitionLog()])
-    kind = settings.resolved_executor
-    if kind != "background":
-        raise ValueError(
-            f"TASKLANE_EXECUTOR resolves to {kind!r}, but this build ships only the 'background' "
-            "executor; unset CELERY_BROKER_URL or set TASKLANE_EXECUTOR=background"
-        )
-    executor = BackgroundTasksExecutor(
+    executor = build_executor(settings, store=store, registry=registry, hooks=hooks)
+    return TaskManager(store=store, executor=executor, registry=registry, hooks=hooks)
+
+
+def build_executor(
+    settings: Settings, *, store: ResultStore, registry: TaskRegistry, hooks: TaskHooks
+) -> Executor:
+    """The executor TASKLANE_EXECUTOR names: background; celery alone (a task the broker
+    cannot take fails with 503); or hybrid (background + celery + a WorkerMonitor)."""
+    background = BackgroundTasksExecutor(
         store, registry=registry, hooks=hooks, concurrency=settings.concurrency
     )
-    return TaskManager(store=store, executor=executor, registry=registry, hooks=hooks)
+    kind = settings.resolved_executor
+    if kind == "background":
+        return background
+    # Imported here so single mode never loads Celery's app module (nor its configuration).
+    from app.core.tasks.executors.celery import CeleryExecutor
+    from app.core.tasks.executors.hybrid import HybridExecutor
+    from app.core.tasks.monitor import WorkerMonitor
+    from app.workers import celery_app as workers
+
+    # The module's app is configured from the environment; settings passed in explicitly
+    # (tests, embedding) that differ get an app of their own, closed with the executor.
+    celery_app = workers.celery_app
+    own_app = celery_app.tasklane_settings.model_dump() != settings.model_dump()
+    if own_app:
+        celery_app = workers.create_celery_app(settings)
+    queues = QueueRouting.from_settings(settings)
+    celery = CeleryExecutor(
+        celery_app,
+        store,
+        publish_timeout=settings.publish_timeout,
+        hooks=hooks,
+        queues=queues,
+        registry=registry,
+        owns_app=own_app,
+    )
+    if kind == "celery":
+        return celery
+    broker = settings.celery_broker_url or ""
+    monitor = WorkerMonitor(
+        # Workers write their heartbeats where the records live (Settings.check() ensures
+        # a Redis store in scaled mode); the queue lists are the broker's.
+        settings.store_redis_url or broker,
+        broker_url=broker if broker.startswith(REDIS_SCHEMES) else None,
+        prefix=settings.key_prefix,
+        heartbeat_interval=settings.worker_heartbeat_interval,
+        interval=settings.monitor_interval,
+        scale_from_zero=settings.scale_from_zero,
+        queues=queues.queues(registry),
+    )
+    return HybridExecutor(
+        background,
+        celery,
+        monitor,
+        store=store,
+        queues=queues,
+        routes=settings.routes,
+        registry=registry,
+        hooks=hooks,
+        dispatch_deadline=settings.dispatch_deadline,
+    )
 
 
 def get_task_manager() -> TaskManager:

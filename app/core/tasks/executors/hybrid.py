@@ -1,0 +1,273 @@
+"""HybridExecutor: routes each task to the in-process runner or to Celery (DESIGN.md §3).
+
+Routing, in this order, decided inside submit from the WorkerMonitor's cache (no network I/O):
+  1. a pin wins: TASKLANE_ROUTES for the name, else the spec's own `executor=`;
+  2. heavy (weight="heavy" or listed in HEAVY_TASKS): Celery when the queue can be served (a live
+     worker, or scale-from-zero); else in-process, counted as fallback "no_workers" ("broker_down"
+     when the monitor could not read the broker at its last look), or, for a spec with
+     fallback=False, ExecutorUnavailable (503 with Retry-After);
+  3. light: in-process; when the runner is saturated and Celery can serve the queue (broker up),
+     Celery (counted as fallback "saturated").
+At dispatch:
+  4. a publish that fails (BrokerUnavailable) moves the still-PENDING record to "background" and
+     runs it here (fallback "broker_down"); a task that may not run here gets the 503 instead.
+  5. dispatch deadline: a task sent to Celery that is still PENDING `dispatch_deadline` seconds
+     after it became due, while no live worker consumes its queue, is reported (log + fallback
+     "deadline"); an idempotent one that may run here is taken back and run in-process.
+
+Moving a task in 4 and 5 is one compare-and-set on its record, so it runs exactly once
+(executors/takeback.py). A pinned task is never moved: pinned to Celery it is treated like
+fallback=False at dispatch.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from app.core.tasks import metrics
+from app.core.tasks.errors import BrokerUnavailable, ExecutorUnavailable, StoreUnavailable
+from app.core.tasks.executors.base import Executor
+from app.core.tasks.executors.takeback import DispatchDeadline, take_back
+from app.core.tasks.hooks import TaskHooks
+from app.core.tasks.queues import QueueRouting
+from app.core.tasks.registry import TaskRegistry
+from app.core.tasks.registry import registry as default_registry
+
+if TYPE_CHECKING:
+    from fastapi import BackgroundTasks
+
+    from app.core.tasks.executors.background import BackgroundTasksExecutor
+    from app.core.tasks.executors.celery import CeleryExecutor
+    from app.core.tasks.metrics import FallbackReason
+    from app.core.tasks.models import TaskResult, TaskSpec
+    from app.core.tasks.monitor import WorkerMonitor
+    from app.core.tasks.store import ResultStore
+
+log = logging.getLogger("tasklane.hybrid")
+
+#: What preview_route() answers for a task that submit would refuse with a 503.
+UNAVAILABLE = "unavailable"
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One routing decision: the executor (None: refuse) and why it is not the first choice."""
+
+    executor: str | None
+    fallback: FallbackReason | None = None
+
+
+class HybridExecutor(Executor):
+    name = "hybrid"
+    # Both planes honour these, so they hold whichever way a task is routed.
+    supports_cancel_running = True
+    supports_retry = True
+    supports_delay = True
+    # Neither plane receives a priority from dispatch() today.
+    supports_priority = False
+    # A task routed in-process dies with the api process.
+    durable = False
+
+    def __init__(
+        self,
+        background: BackgroundTasksExecutor,
+        celery: CeleryExecutor,
+        monitor: WorkerMonitor,
+        *,
+        store: ResultStore,
+        queues: QueueRouting | None = None,
+        routes: Mapping[str, str] | None = None,
+        registry: TaskRegistry = default_registry,
+        hooks: TaskHooks | None = None,
+        dispatch_deadline: float = 60.0,
+        deadline_check_interval: float | None = None,
+    ) -> None:
+        self.background = background
+        self.celery = celery
+        self.monitor = monitor
+        self.store = store
+        #: Which tasks are heavy (HEAVY_TASKS) and which queue each goes to.
+        self.queues = queues or QueueRouting()
+        self.routes = dict(routes or {})
+        for name, target in self.routes.items():
+            if target not in ("background", "celery"):
+                raise ValueError(f"TASKLANE_ROUTES pins {name!r} to unknown executor {target!r}")
+        self.registry = registry
+        self.hooks = hooks or TaskHooks()
+        self.deadline = DispatchDeadline(
+            store=store,
+            monitor=monitor,
+            background=background,
+            celery=celery,
+            registry=registry,
+            hooks=self.hooks,
+            deadline=dispatch_deadline,
+            interval=deadline_check_interval or monitor.interval,
+            may_run_locally=self.may_run_locally,
+        )
+
+    # -- routing (no I/O) ------------------------------------------------------------------------
+
+    def pin(self, spec: TaskSpec) -> str | None:
+        """The executor the configuration (or the spec) pins this task to, if any."""
+        return self.routes.get(spec.name) or spec.executor
+
+    def decide(self, spec: TaskSpec) -> Route:
+        """The routing rules, side-effect free (reads the monitor's cache and the runner)."""
+        pinned = self.pin(spec)
+        if pinned is not None:
+            return Route(pinned)
+        queue = self.queues.queue_for(spec)
+        if self.queues.is_heavy(spec):
+            if not self.monitor.can_serve(queue):
+                return Route("background" if spec.fallback else None, "no_workers")
+            if not self.monitor.broker_up:
+                # Unreachable at the monitor's last look: a publish would only wait out its
+                # timeout before falling back (rule 4), so fall back now.
+                return Route("background" if spec.fallback else None, "broker_down")
+            return Route("celery")
+        if self.background.saturated and self.monitor.broker_up and self.monitor.can_serve(queue):
+            return Route("celery", "saturated")
+        return Route("background")
+
+    def route(self, spec: TaskSpec) -> str:
+        """Decide and count the decision (routing_decisions, and fallbacks when not first
+        choice).
+
+        Raises ExecutorUnavailable for a heavy fallback=False task Celery cannot take now.
+        """
+        decision = self.decide(spec)
+        if decision.executor is None:
+            queue = self.queues.queue_for(spec)
+            why = (
+                "the Celery broker is unreachable"
+                if decision.fallback == "broker_down"
+                else f"no live Celery worker consumes queue {queue!r}"
+            )
+            raise ExecutorUnavailable(
+                f"{why}, and task {spec.name!r} may not run in-process (fallback=False)",
+                retry_after=max(round(self.monitor.interval), 1),
+            )
+        metrics.count_routing(spec.name, decision.executor)
+        if decision.fallback is not None:
+            metrics.count_fallback(spec.name, decision.fallback)
+        return decision.executor
+
+    def preview_route(self, spec: TaskSpec) -> str:
+        """Where a task of this spec would go if submitted now, counting nothing
+        ("unavailable" when submit would answer 503)."""
+        return self.decide(spec).executor or UNAVAILABLE
+
+    def may_run_locally(self, spec: TaskSpec) -> bool:
+        """May a task routed to Celery be moved in-process (publish failure, deadline)?"""
+        return spec.fallback and self.pin(spec) != "celery"
+
+    # -- dispatch and cancel ---------------------------------------------------------------------
+
+    async def dispatch(
+        self,
+        record: TaskResult,
+        *,
+        background_tasks: BackgroundTasks | None = None,
+        countdown: float | None = None,
+    ) -> None:
+        """Hand the task to the executor its record names; a failed publish runs it here.
+
+        Raises BrokerUnavailable when the publish fails for a task that may not run here, and
+        ExecutorUnavailable when the in-process runner is shutting down.
+        """
+        if record.executor != "celery":
+            await self.background.dispatch(
+                record, background_tasks=background_tasks, countdown=countdown
+            )
+            return
+        try:
+            await self.celery.dispatch(record, countdown=countdown)
+        except BrokerUnavailable as exc:
+            await self._publish_failed(record, exc, background_tasks, countdown)
+            return
+        queue = self.queues.queue_for(self.registry.get(record.name))
+        self.deadline.track(record.task_id, record.name, queue, countdown)
+
+    async def cancel(self, task_id: str) -> None:
+        self.deadline.forget(task_id)
+        try:
+            record = await self.store.get(task_id)
+        except StoreUnavailable:
+            record = None
+        if record is not None and record.executor == "celery":
+            await self.celery.cancel(task_id)
+        else:
+            await self.background.cancel(task_id)
+
+    async def _publish_failed(
+        self,
+        record: TaskResult,
+        exc: BrokerUnavailable,
+        background_tasks: BackgroundTasks | None,
+        countdown: float | None,
+    ) -> None:
+        spec = self.registry.get(record.name)
+        if not self.may_run_locally(spec):
+            raise exc  # the manager settles the record FAILURE; the API answers 503
+        moved = await self.store.update(record.task_id, take_back)
+        if moved is None:
+            # The publish landed after all and a worker started it, or it was cancelled.
+            log.info("task %s: publish timed out but the task moved on", record.task_id)
+            return
+        metrics.count_fallback(record.name, "broker_down")
+        log.warning(
+            "task %s %s: broker unavailable, running it in-process: %s",
+            record.name,
+            record.task_id,
+            exc.reason,
+            extra={"task_id": record.task_id, "task": record.name, "reason": "broker_down"},
+        )
+        await self.background.dispatch(
+            moved, background_tasks=background_tasks, countdown=countdown
+        )
+
+    async def check_deadlines(self) -> int:
+        """Run the dispatch deadline check now; returns how many tasks were taken back."""
+        return await self.deadline.check()
+
+    # -- lifecycle and diagnostics ---------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.background.start()
+        await self.celery.start()
+        await self.monitor.start()
+        self.deadline.start()
+
+    async def stop(self, grace: float) -> None:
+        await self.deadline.stop()
+        await self.monitor.stop()
+        await self.background.stop(grace)
+        await self.celery.stop(grace)
+
+    async def __aenter__(self) -> HybridExecutor:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop(grace=0)
+
+    def describe(self) -> dict[str, Any]:
+        info = super().describe()
+        background = self.background.describe()
+        info.update(
+            mode="scaled",
+            # /readyz reads this: the api accepts tasks while its own runner does.
+            accepting=background["accepting"],
+            **self.monitor.describe(),
+            heavy_tasks=sorted(self.queues.heavy_tasks),
+            routes=dict(self.routes),
+            dispatch_deadline=self.deadline.deadline,
+            awaiting_worker=len(self.deadline),
+            background=background,
+            celery=self.celery.describe(),
+        )
+        return info

@@ -1,0 +1,324 @@
+"""WorkerMonitor: which Celery queues can be served right now, answered from a cache.
+
+Every `interval` seconds, off the request path, one asyncio task reads the worker heartbeats
+(DESIGN.md §3, keys in worker_keys.py): the `workers` ZSET (members younger than the liveness
+window) and each live worker's hash, then the length of every queue (base list plus kombu's
+priority sub-lists) and the size of its `active:{queue}` ZSET. The result is an immutable
+WorkerSnapshot; can_serve() and live_workers() read only that snapshot and the clock, so routing a
+submit never waits on the network.
+
+Worker keys are read from `redis_url`, the Redis the workers write them to (the result store's,
+app/workers/presence.py); queue lists from `broker_url` when the broker is another Redis.
+
+Liveness is judged against the clock when asked, not when read: a worker whose last heartbeat is
+older than LIVENESS_FACTOR heartbeat intervals stops counting at that moment, even if Redis is
+unreachable and the snapshot cannot be refreshed (a dead pool is noticed within 15 s by default,
+a new worker within one interval). Worker and api clocks are compared, so hosts need NTP.
+Never uses Celery's control.ping(): a broadcast per question is what this replaces.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from app.core.tasks import metrics
+from app.core.tasks.worker_keys import LIVENESS_FACTOR, WorkerKeys, queue_lists
+
+log = logging.getLogger("tasklane.monitor")
+
+_EMPTY: Mapping[str, int] = MappingProxyType({})
+#: What an unreachable, refusing or too slow Redis looks like to the monitor.
+UNREACHABLE: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerInfo:
+    """One worker as its last heartbeat described it."""
+
+    hostname: str
+    queues: frozenset[str]
+    concurrency: int
+    #: Unix time of its last heartbeat (the ZSET score).
+    last_seen: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerSnapshot:
+    """What the last read of Redis found; judged against the clock by the methods below."""
+
+    workers: tuple[WorkerInfo, ...] = ()
+    #: Messages waiting per queue (base list plus priority sub-lists).
+    queue_lengths: Mapping[str, int] = field(default_factory=lambda: _EMPTY)
+    #: Tasks running on workers per queue (size of active:{queue}).
+    active: Mapping[str, int] = field(default_factory=lambda: _EMPTY)
+    #: Did the last read of the queue lists (the broker) succeed?
+    broker_up: bool = False
+    #: Did the last read of the worker keys succeed (else `workers` is the previous view)?
+    workers_fresh: bool = False
+    #: Unix time of the last read attempt (0: never tried).
+    taken_at: float = 0.0
+    #: Seconds after its last heartbeat that a worker stops counting as live.
+    liveness: float = 15.0
+
+    @property
+    def healthy(self) -> bool:
+        """Did the last refresh read everything?"""
+        return self.broker_up and self.workers_fresh
+
+    def live(self, now: float) -> tuple[WorkerInfo, ...]:
+        cutoff = now - self.liveness
+        return tuple(worker for worker in self.workers if worker.last_seen > cutoff)
+
+    def live_workers(self, queue: str, now: float) -> int:
+        return sum(1 for worker in self.live(now) if queue in worker.queues)
+
+    def concurrency(self, queue: str, now: float) -> int:
+        return sum(worker.concurrency for worker in self.live(now) if queue in worker.queues)
+
+    def queues(self) -> list[str]:
+        """Every queue this snapshot knows about (measured, or consumed by a worker)."""
+        named = set(self.queue_lengths) | set(self.active)
+        for worker in self.workers:
+            named |= worker.queues
+        return sorted(named)
+
+
+class WorkerMonitor:
+    """Polls worker heartbeats and queue sizes; answers routing questions from the cache."""
+
+    def __init__(
+        self,
+        redis_url: str,
+        *,
+        prefix: str = "tasklane:",
+        heartbeat_interval: float = 5.0,
+        interval: float = 2.0,
+        scale_from_zero: bool = False,
+        queues: Iterable[str] = ("light", "heavy"),
+        broker_url: str | None = None,
+    ) -> None:
+        self.redis_url = redis_url
+        #: Where the queue lists live, when not in the same Redis as the worker keys.
+        self.broker_url = broker_url if broker_url and broker_url != redis_url else None
+        self.keys = WorkerKeys(prefix)
+        self.heartbeat_interval = heartbeat_interval
+        self.interval = interval
+        self.scale_from_zero = scale_from_zero
+        self.liveness = LIVENESS_FACTOR * heartbeat_interval
+        # One read must not outlast the next tick, nor hang on a black-holed host.
+        self.io_timeout = min(max(interval, 0.5), max(heartbeat_interval, 0.5))
+        #: Queues measured on every tick; queues that workers report are added as seen.
+        self.watched: set[str] = set(queues)
+        #: Completed refreshes (successful or not), for tests and diagnostics.
+        self.refreshes = 0
+        self._snapshot = WorkerSnapshot(liveness=self.liveness)
+        # Clients by URL, all bound to the loop in _client_loop.
+        self._clients: dict[str, aioredis.Redis] = {}
+        self._client_loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    # -- answers, from the cache only (no I/O, no await) ---------------------------------------
+
+    @property
+    def snapshot(self) -> WorkerSnapshot:
+        return self._snapshot
+
+    @property
+    def broker_up(self) -> bool:
+        return self._snapshot.broker_up
+
+    def live_workers(self, queue: str) -> int:
+        """Workers whose heartbeat is fresh and that consume `queue`."""
+        return self._snapshot.live_workers(queue, time.time())
+
+    def can_serve(self, queue: str) -> bool:
+        """Will a task sent to `queue` be taken? A live worker consumes it, or autoscaling
+        from zero is configured (an empty pool is then not an outage)."""
+        return self.scale_from_zero or self.live_workers(queue) > 0
+
+    def describe(self) -> dict[str, object]:
+        snapshot, now = self._snapshot, time.time()
+        queues = sorted(self.watched | set(snapshot.queues()))
+        return {
+            "broker_up": snapshot.broker_up,
+            "worker_keys_readable": snapshot.workers_fresh,
+            "scale_from_zero": self.scale_from_zero,
+            "workers": {queue: snapshot.live_workers(queue, now) for queue in queues},
+            "concurrency": {queue: snapshot.concurrency(queue, now) for queue in queues},
+            "queue_lengths": dict(snapshot.queue_lengths),
+            "active": dict(snapshot.active),
+            "live_workers": sorted(worker.hostname for worker in snapshot.live(now)),
+            "snapshot_age_s": round(now - snapshot.taken_at, 3) if snapshot.taken_at else None,
+        }
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Read once (so the first submits see workers), then keep polling in the background."""
+        loop = asyncio.get_running_loop()
+        if self._task is not None and not self._task.done() and self._task.get_loop() is loop:
+            return
+        await self.refresh()
+        self._task = loop.create_task(self._poll(), name="tasklane-worker-monitor")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            if task.get_loop() is asyncio.get_running_loop():
+                # Bounded: one read is bounded by io_timeout, so this only guards against a
+                # cancel lost inside a client library.
+                await asyncio.wait([task], timeout=self.io_timeout + 1)
+        clients, self._clients = self._clients, {}
+        if self._client_loop is asyncio.get_running_loop():
+            for client in clients.values():
+                with contextlib.suppress(RedisError, OSError, RuntimeError):
+                    await client.aclose()
+
+    async def __aenter__(self) -> WorkerMonitor:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    # -- polling ---------------------------------------------------------------------------------
+
+    async def refresh(self) -> WorkerSnapshot:
+        """Read Redis once and replace the snapshot; never raises for an unreachable Redis.
+
+        Worker keys unreadable: the last workers stay and expire on their own. Queue lists
+        unreadable: broker_up turns False (routing then treats the broker as down).
+        """
+        now = time.time()
+        previous = self._snapshot
+        workers, active = previous.live(now), previous.active
+        lengths = previous.queue_lengths
+        workers_fresh = broker_up = False
+        failure: BaseException | None = None
+        try:
+            async with asyncio.timeout(self.io_timeout):
+                workers, active = await self._read_workers(now)
+            workers_fresh = True
+        except UNREACHABLE as exc:
+            failure = exc
+        if workers_fresh or self.broker_url is not None:
+            # Same Redis as the worker keys: a failed read there is the broker's answer too.
+            try:
+                async with asyncio.timeout(self.io_timeout):
+                    lengths = await self._read_queues()
+                broker_up = True
+            except UNREACHABLE as exc:
+                failure = failure or exc
+        snapshot = WorkerSnapshot(
+            workers=workers,
+            queue_lengths=lengths,
+            active=active,
+            broker_up=broker_up,
+            workers_fresh=workers_fresh,
+            taken_at=now,
+            liveness=self.liveness,
+        )
+        if failure is not None and (previous.healthy or not previous.taken_at):
+            log.warning("worker monitor cannot read Redis: %s: %s", type(failure).__name__, failure)
+        elif failure is None and not previous.healthy and previous.taken_at:
+            log.info("worker monitor reads Redis again")
+        self._snapshot = snapshot
+        self.refreshes += 1
+        self._export(snapshot, now)
+        return snapshot
+
+    async def _poll(self) -> None:
+        current = asyncio.current_task()
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                await self.refresh()
+            except Exception:  # a bug must not silently stop the polling for good
+                log.exception("worker monitor refresh crashed")
+            if current is not None and current.cancelling():
+                # redis-py can turn a cancel that lands mid-command into a connection error,
+                # which refresh() then absorbs: honour the cancel here, or stop() waits forever.
+                return
+
+    async def _read_workers(self, now: float) -> tuple[tuple[WorkerInfo, ...], Mapping[str, int]]:
+        """Live workers (heartbeat ZSET + hashes) and active counts, from the worker keys."""
+        client = self._redis(self.redis_url)
+        scored = await client.zrangebyscore(
+            self.keys.workers, now - self.liveness, "+inf", withscores=True
+        )
+        workers: list[WorkerInfo] = []
+        if scored:
+            async with client.pipeline(transaction=False) as pipe:
+                for hostname, _ in scored:
+                    pipe.hgetall(self.keys.worker(hostname))
+                hashes = await pipe.execute()
+            for (hostname, score), fields in zip(scored, hashes, strict=True):
+                workers.append(_worker_info(hostname, float(score), fields))
+        for worker in workers:
+            self.watched |= worker.queues
+        queues = sorted(self.watched)
+        async with client.pipeline(transaction=False) as pipe:
+            for queue in queues:
+                pipe.zcard(self.keys.active(queue))
+            counts = await pipe.execute()
+        active = {queue: int(count) for queue, count in zip(queues, counts, strict=True)}
+        return tuple(workers), MappingProxyType(active)
+
+    async def _read_queues(self) -> Mapping[str, int]:
+        """Messages waiting per watched queue: base list plus priority sub-lists."""
+        client = self._redis(self.broker_url or self.redis_url)
+        queues = sorted(self.watched)
+        lists = {queue: queue_lists(queue) for queue in queues}
+        async with client.pipeline(transaction=False) as pipe:
+            for queue in queues:
+                for name in lists[queue]:
+                    pipe.llen(name)
+            counts = iter(await pipe.execute())
+        lengths = {queue: sum(int(next(counts)) for _ in lists[queue]) for queue in queues}
+        return MappingProxyType(lengths)
+
+    def _redis(self, url: str) -> aioredis.Redis:
+        loop = asyncio.get_running_loop()
+        if self._client_loop is not loop:
+            self._clients = {}  # another loop's connections are unusable here
+            self._client_loop = loop
+        client = self._clients.get(url)
+        if client is None:
+            # No client-side retries: one failed read is one failed tick, the next tick retries.
+            client = self._clients[url] = aioredis.Redis.from_url(
+                url,
+                decode_responses=True,
+                socket_connect_timeout=self.io_timeout,
+                socket_timeout=self.io_timeout,
+                retry=Retry(NoBackoff(), 0),
+            )
+        return client
+
+    def _export(self, snapshot: WorkerSnapshot, now: float) -> None:
+        metrics.BROKER_UP.set(1 if snapshot.broker_up else 0)
+        for queue in sorted(self.watched | set(snapshot.queues())):
+            metrics.WORKERS_AVAILABLE.labels(queue=queue).set(snapshot.live_workers(queue, now))
+            if queue in snapshot.queue_lengths:
+                metrics.QUEUE_LENGTH.labels(queue=queue).set(snapshot.queue_lengths[queue])
+
+
+def _worker_info(hostname: str, score: float, fields: Mapping[str, str]) -> WorkerInfo:
+    # A worker whose hash expired or is malformed still counts as live, serving no known queue.
+    queues = frozenset(q.strip() for q in fields.get("queues", "").split(",") if q.strip())
+    try:
+        concurrency = max(int(fields.get("concurrency", "0")), 0)
+    except ValueError:
+        concurrency = 0
+    return WorkerInfo(hostname=hostname, queues=queues, concurrency=concurrency, last_seen=score)

@@ -1,0 +1,113 @@
+"""Per-process state of a Celery process: one event loop thread, the store, hooks, Redis.
+
+execute() and the stores are async; Celery calls task bodies synchronously. Each process gets
+one event loop on a daemon thread and submits coroutines to it (run()). Celery's prefork pool
+forks its children from a main process that has imported everything: a child inherits objects
+but no threads, and sockets it must not share, so a runtime belongs to the process that built it
+(get_runtime() rebuilds after a fork) and worker_process_init builds each child's eagerly, with
+the domain data the example tasks use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+import redis
+from celery import signals
+
+from app.config import Settings
+from app.core.tasks.hooks import HookChain, TaskHooks, TransitionLog
+from app.core.tasks.registry import TaskRegistry
+from app.core.tasks.registry import registry as default_registry
+from app.core.tasks.store import ResultStore, create_store
+from app.core.tasks.worker_keys import WorkerKeys
+from app.tasks.data import configure_domain_data
+from app.workers.celery_app import settings as app_settings
+
+T = TypeVar("T")
+
+
+class Runtime:
+    """Everything one process needs to run task attempts and keep the worker keys."""
+
+    def __init__(self, settings: Settings, *, registry: TaskRegistry = default_registry) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.store: ResultStore = create_store(settings)
+        # Metrics hooks join this chain where the api's do (DESIGN.md §5).
+        self.hooks: TaskHooks = HookChain([TransitionLog()])
+        self.keys = WorkerKeys(settings.key_prefix)
+        url = settings.store_redis_url
+        #: Sync client for the worker keys; None when there is no Redis (no bookkeeping).
+        self.redis: redis.Redis | None = (
+            redis.Redis.from_url(
+                url,
+                decode_responses=True,
+                socket_connect_timeout=2,
+                socket_timeout=5,
+                health_check_interval=30,
+            )
+            if url
+            else None
+        )
+        self.pid = os.getpid()
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._serve, name="tasklane-worker-loop", daemon=True
+        )
+        self._thread.start()
+
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    def on_loop_thread(self) -> bool:
+        """Is the caller running on this runtime's event loop (where run() would deadlock)?"""
+        return threading.current_thread() is self._thread
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run coro on the loop thread and block until it returns (or raises)."""
+        if self.on_loop_thread():
+            coro.close()
+            raise RuntimeError("Runtime.run() called from its own loop thread would deadlock")
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+
+_lock = threading.Lock()
+_runtime: Runtime | None = None
+#: Runtimes a forked child inherited. Kept referenced on purpose: collecting one would close
+#: its asyncio transports, and an inherited epoll registration or socket is shared with the
+#: parent, whose own runtime would stop hearing from Redis.
+_inherited: list[Runtime] = []
+
+
+def get_runtime() -> Runtime:
+    """This process's runtime, built on first use (and again in a forked child)."""
+    global _runtime
+    with _lock:
+        if _runtime is None or _runtime.pid != os.getpid():
+            _runtime = Runtime(app_settings)
+        return _runtime
+
+
+def _forget_after_fork() -> None:
+    # The parent's loop thread does not exist here, and its lock may be held mid-call.
+    global _runtime, _lock
+    if _runtime is not None:
+        _inherited.append(_runtime)
+    _runtime = None
+    _lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
+
+
+@signals.worker_process_init.connect
+def _init_pool_process(**_: object) -> None:
+    """A pool child (or the solo pool's only process) starts: its domain data and runtime."""
+    configure_domain_data(app_settings)
+    get_runtime()
