@@ -12,6 +12,8 @@ import contextlib
 from collections.abc import AsyncIterator
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -47,6 +49,10 @@ class LoopLocalRedis:
                 socket_connect_timeout=self._connect_timeout,
                 socket_timeout=self._timeout,
                 health_check_interval=30,
+                # A pooled connection that Redis closed (a restart) fails its next command:
+                # re-dial and retry twice, within ~0.3 s, before reporting the store down.
+                retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), retries=2),
+                retry_on_error=[RedisConnectionError, RedisTimeoutError],
             )
             self._loop = loop
         return self._client

@@ -234,6 +234,9 @@ async def test_heavy_goes_to_celery_when_a_live_worker_consumes_its_queue(
 
     record = await plane.store.get(task_id)
     assert (record.executor, record.status) == ("celery", TaskStatus.PENDING)
+    # The record names the queue the message really went to, even for a light task listed
+    # in HEAVY_TASKS.
+    assert record.queue == "heavy"
     assert plane.redis.llen("heavy") == 1
     assert decisions(name, "celery") == before + 1
     assert RUNS == []
@@ -651,3 +654,4 @@ def test_single_mode_never_imports_the_celery_app() -> None:
     )
 
     assert result.returncode == 0, result.stderr[-2000:]
+

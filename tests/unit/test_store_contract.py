@@ -347,3 +347,19 @@ async def test_redis_list_skips_expired_records_without_losing_live_ones(
     finally:
         await lasting.close()
         await short.close()
+
+
+@pytest.mark.asyncio
+async def test_redis_store_reconnects_after_a_redis_restart_without_failing_a_command(
+    redis_server: RedisServer, redis_url: str
+) -> None:
+    store = RedisStore(redis_url, prefix="test:")
+    try:
+        assert await store.get("before") is None
+        redis_server.stop()
+        redis_server.start()
+        # The pooled connection died with the old server: the next command must re-dial.
+        assert await store.get("after") is None
+        assert await store.acquire_lease("after-restart", "me", 5)
+    finally:
+        await store.close()

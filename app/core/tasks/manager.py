@@ -103,7 +103,7 @@ class TaskManager:
             status=TaskStatus.PENDING,
             # The executor that must run it; the hybrid picks one per task (no network I/O).
             executor=self.executor.route(spec),
-            queue=spec.queue,
+            queue=self.executor.queue_for(spec),
             args=json_args,
             kwargs=json_kwargs,
             submitted_at=utcnow(),

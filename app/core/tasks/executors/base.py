@@ -45,6 +45,10 @@ class Executor:
         """
         return self.name
 
+    def queue_for(self, spec: TaskSpec) -> str:
+        """The queue name written into the record (the Celery queue where one is used)."""
+        return spec.queue
+
     async def cancel(self, task_id: str) -> None:
         """Stop the task if it is here (the manager has already updated its record)."""
         raise NotImplementedError

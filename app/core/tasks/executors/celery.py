@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from celery import Celery
     from fastapi import BackgroundTasks
 
-    from app.core.tasks.models import TaskResult
+    from app.core.tasks.models import TaskResult, TaskSpec
     from app.core.tasks.store import ResultStore
 
 log = logging.getLogger("tasklane.celery")
@@ -72,6 +72,9 @@ class CeleryExecutor(Executor):
         self.hooks = hooks or TaskHooks()
         self.queues = queues or QueueRouting()
         self.registry = registry
+
+    def queue_for(self, spec: TaskSpec) -> str:
+        return self.queues.queue_for(spec)
 
     async def dispatch(
         self,

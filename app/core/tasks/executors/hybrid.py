@@ -167,6 +167,9 @@ class HybridExecutor(Executor):
 
     # -- dispatch and cancel ---------------------------------------------------------------------
 
+    def queue_for(self, spec: TaskSpec) -> str:
+        return self.queues.queue_for(spec)
+
     async def dispatch(
         self,
         record: TaskResult,
