@@ -236,3 +236,28 @@ def test_dispatch_deadline_runs_an_idempotent_task_here_exactly_once(
     assert broker.get(f"{key}:done:{taken}") == "1"
     assert broker.get(f"{key}:runs:{kept}") == "1"
     broker.close()
+
+
+def test_cancel_terminates_a_running_terminate_safe_task_on_its_worker(
+    redis_url: str, tmp_path: Path
+) -> None:
+    with worker(redis_url, tmp_path) as celery_worker, api(redis_url) as client:
+        wait_route(client, "celery_sleep_terminable", "celery", timeout=10)
+        task_id = submit(client, "celery_sleep_terminable", 60)
+        wait_for(lambda: status(client, task_id)["status"] == "STARTED", timeout=20)
+
+        response = client.post(f"/api/tasks/{task_id}/cancel")
+        record = wait_final(client, task_id, timeout=20)
+
+        assert response.status_code == 200
+        assert response.json()["outcome"] == "requested"
+        assert record["status"] == "CANCELLED"
+        assert record["worker"] == celery_worker.hostname
+        # The worker lost only that pool child: it keeps serving.
+        after = wait_final(client, submit(client, "celery_sleep_terminable", 0))
+        assert (after["status"], after["executor"], after["result"]) == (
+            "SUCCESS",
+            "celery",
+            "slept",
+        )
+        assert celery_worker.alive()

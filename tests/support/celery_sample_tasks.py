@@ -63,3 +63,10 @@ def celery_die_once(key: str) -> str:
 @task("celery_add")
 def celery_add(a: int, b: int) -> int:
     return a + b
+
+
+@task("celery_sleep_terminable", weight="heavy", terminate_safe=True)
+def celery_sleep_terminable(seconds: float) -> str:
+    """Sleeps without ever checking ctx.cancelled(): only revoke(terminate) can stop it."""
+    time.sleep(seconds)
+    return "slept"

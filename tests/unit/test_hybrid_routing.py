@@ -654,4 +654,3 @@ def test_single_mode_never_imports_the_celery_app() -> None:
     )
 
     assert result.returncode == 0, result.stderr[-2000:]
-

@@ -163,6 +163,9 @@ class TaskSpec:
     fallback: bool = True
     #: Receives a TaskContext as its first argument.
     takes_context: bool = False
+    #: May cancel kill a running Celery attempt (revoke with terminate)? Only for tasks whose
+    #: half-done work is harmless; others stop cooperatively through ctx.cancelled().
+    terminate_safe: bool = False
     is_async: bool = False
 
 

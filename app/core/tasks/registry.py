@@ -91,13 +91,15 @@ def task(
     executor: str | None = None,
     fallback: bool = True,
     takes_context: bool = False,
+    terminate_safe: bool = False,
     target: TaskRegistry | None = None,
 ) -> Callable[[F], F]:
     """Register the decorated function as a task; the function itself is returned unchanged.
 
     Heavy tasks default to the `heavy` queue and light ones to `light`, the two queues the
     Celery workers consume. With takes_context=True the function's first parameter receives a
-    TaskContext (progress reports, cancellation checks).
+    TaskContext (progress reports, cancellation checks). terminate_safe=True lets cancel kill
+    a running Celery attempt instead of waiting for the task to notice ctx.cancelled().
     """
     if weight not in ("light", "heavy"):
         raise ValueError(f"weight must be 'light' or 'heavy', not {weight!r}")
@@ -128,6 +130,7 @@ def task(
             executor=executor,
             fallback=fallback,
             takes_context=takes_context,
+            terminate_safe=terminate_safe,
             is_async=inspect.iscoroutinefunction(func),
         )
         (target or registry).register(spec)

@@ -112,23 +112,29 @@ class CeleryExecutor(Executor):
             raise BrokerUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
     async def cancel(self, task_id: str) -> None:
-        """Revoke a task that had not started (its record is already CANCELLED); a running
-        one stops cooperatively through its record's cancel_requested flag."""
+        """Revoke a task that had not started (its record is already CANCELLED). A running
+        one is terminated only when its spec is terminate_safe (the worker then settles the
+        record CANCELLED); otherwise it stops cooperatively through cancel_requested."""
         try:
             record = await self.store.get(task_id)
         except StoreUnavailable:
             record = None
         if record is not None and record.status is TaskStatus.STARTED:
+            spec = self.registry.get(record.name) if record.name in self.registry else None
+            if spec is not None and spec.terminate_safe:
+                await self.revoke(task_id, terminate=True)
             return
         await self.revoke(task_id)
 
-    async def revoke(self, task_id: str) -> bool:
+    async def revoke(self, task_id: str, *, terminate: bool = False) -> bool:
         """Ask workers to drop the task's message, best effort (bounded by publish_timeout);
         False when the broadcast failed (logged). A worker that starts later never sees a
         revoke, which is fine: it refuses a record that is not waiting for it anyway."""
         try:
             await asyncio.wait_for(
-                run_in_daemon_thread(self.celery_app.control.revoke, task_id),
+                run_in_daemon_thread(
+                    self.celery_app.control.revoke, task_id, terminate=terminate, signal="SIGTERM"
+                ),
                 self.publish_timeout,
             )
         except (TimeoutError, *BROKER_ERRORS) as exc:
