@@ -274,6 +274,11 @@ class BackgroundTasksExecutor(Executor):
                 log.warning("runner heartbeat failed: %s", exc)
             except Exception:
                 log.exception("runner heartbeat crashed")
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                # redis-py can turn a cancel that lands mid-reconnect into a connection error:
+                # honour the cancel anyway, or stop() would leave this loop beating forever.
+                return
 
     async def reap(self) -> int:
         """Settle as Interrupted the unfinished tasks of runners whose heartbeat expired."""
