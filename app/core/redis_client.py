@@ -32,10 +32,13 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
 class LoopLocalRedis:
     """Hands out the Redis client of the running loop, creating it on first use."""
 
-    def __init__(self, url: str, *, connect_timeout: float = 2.0, timeout: float = 5.0) -> None:
+    def __init__(
+        self, url: str, *, connect_timeout: float = 2.0, timeout: float = 5.0, retries: int = 2
+    ) -> None:
         self.url = url
         self._connect_timeout = connect_timeout
         self._timeout = timeout
+        self._retries = retries
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: aioredis.Redis | None = None
 
@@ -50,8 +53,8 @@ class LoopLocalRedis:
                 socket_timeout=self._timeout,
                 health_check_interval=30,
                 # A pooled connection that Redis closed (a restart) fails its next command:
-                # re-dial and retry twice, within ~0.3 s, before reporting the store down.
-                retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), retries=2),
+                # re-dial and retry (twice by default, within ~0.3 s) before reporting it down.
+                retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), retries=self._retries),
                 retry_on_error=[RedisConnectionError, RedisTimeoutError],
             )
             self._loop = loop

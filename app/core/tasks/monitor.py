@@ -20,18 +20,15 @@ Never uses Celery's control.ping(): a broadcast per question is what this replac
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from app.core.redis_client import LoopLocalRedis
 from app.core.tasks import metrics
 from app.core.tasks.worker_keys import LIVENESS_FACTOR, WorkerKeys, queue_lists
 
@@ -123,9 +120,17 @@ class WorkerMonitor:
         #: Completed refreshes (successful or not), for tests and diagnostics.
         self.refreshes = 0
         self._snapshot = WorkerSnapshot(liveness=self.liveness)
-        # Clients by URL, all bound to the loop in _client_loop.
-        self._clients: dict[str, aioredis.Redis] = {}
-        self._client_loop: asyncio.AbstractEventLoop | None = None
+        # No client-side retries: one failed read is one failed tick, the next tick retries.
+        self._workers_redis = LoopLocalRedis(
+            redis_url, connect_timeout=self.io_timeout, timeout=self.io_timeout, retries=0
+        )
+        self._queues_redis = (
+            LoopLocalRedis(
+                self.broker_url, connect_timeout=self.io_timeout, timeout=self.io_timeout, retries=0
+            )
+            if self.broker_url
+            else self._workers_redis
+        )
         self._task: asyncio.Task[None] | None = None
 
     # -- answers, from the cache only (no I/O, no await) ---------------------------------------
@@ -180,11 +185,8 @@ class WorkerMonitor:
                 # Bounded: one read is bounded by io_timeout, so this only guards against a
                 # cancel lost inside a client library.
                 await asyncio.wait([task], timeout=self.io_timeout + 1)
-        clients, self._clients = self._clients, {}
-        if self._client_loop is asyncio.get_running_loop():
-            for client in clients.values():
-                with contextlib.suppress(RedisError, OSError, RuntimeError):
-                    await client.aclose()
+        await self._workers_redis.close()
+        await self._queues_redis.close()
 
     async def __aenter__(self) -> WorkerMonitor:
         await self.start()
@@ -254,7 +256,7 @@ class WorkerMonitor:
 
     async def _read_workers(self, now: float) -> tuple[tuple[WorkerInfo, ...], Mapping[str, int]]:
         """Live workers (heartbeat ZSET + hashes) and active counts, from the worker keys."""
-        client = self._redis(self.redis_url)
+        client = self._workers_redis.client()
         scored = await client.zrangebyscore(
             self.keys.workers, now - self.liveness, "+inf", withscores=True
         )
@@ -278,7 +280,7 @@ class WorkerMonitor:
 
     async def _read_queues(self) -> Mapping[str, int]:
         """Messages waiting per watched queue: base list plus priority sub-lists."""
-        client = self._redis(self.broker_url or self.redis_url)
+        client = self._queues_redis.client()
         queues = sorted(self.watched)
         lists = {queue: queue_lists(queue) for queue in queues}
         async with client.pipeline(transaction=False) as pipe:
@@ -288,23 +290,6 @@ class WorkerMonitor:
             counts = iter(await pipe.execute())
         lengths = {queue: sum(int(next(counts)) for _ in lists[queue]) for queue in queues}
         return MappingProxyType(lengths)
-
-    def _redis(self, url: str) -> aioredis.Redis:
-        loop = asyncio.get_running_loop()
-        if self._client_loop is not loop:
-            self._clients = {}  # another loop's connections are unusable here
-            self._client_loop = loop
-        client = self._clients.get(url)
-        if client is None:
-            # No client-side retries: one failed read is one failed tick, the next tick retries.
-            client = self._clients[url] = aioredis.Redis.from_url(
-                url,
-                decode_responses=True,
-                socket_connect_timeout=self.io_timeout,
-                socket_timeout=self.io_timeout,
-                retry=Retry(NoBackoff(), 0),
-            )
-        return client
 
     def _export(self, snapshot: WorkerSnapshot, now: float) -> None:
         metrics.BROKER_UP.set(1 if snapshot.broker_up else 0)
