@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 
 from app.config import Settings
 from app.main import create_app
-from tests.integration.test_scaled_routing import api, submit, wait_final, wait_route, worker
+from tests.support.scaled_api import api, submit, wait_final, wait_route, worker
 
 pytestmark = pytest.mark.integration
 

@@ -12,28 +12,32 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager as ContextManager
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 from fastapi.testclient import TestClient
-from prometheus_client.parser import text_string_to_metric_families
 
-from app.config import Settings
 from app.core.tasks.worker_keys import WorkerKeys
-from app.main import create_app
-from tests.support.celery_processes import SAMPLE_TASK_MODULES, CeleryWorker
+from tests.support.celery_processes import CeleryWorker
 from tests.support.processes import RedisServer
+from tests.support.scaled_api import (
+    HEARTBEAT,
+    api,
+    executors,
+    metric,
+    post_task,
+    route_now,
+    wait_final,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
-HEARTBEAT = 0.5
 HEAVY = "celery_effect_once"  # weight="heavy", idempotent
 LIGHT = "sample_sleep_async"
-FINAL = {"SUCCESS", "FAILURE", "CANCELLED"}
 
 
 @pytest.fixture(autouse=True)
@@ -42,41 +46,20 @@ def _tasks_find_redis(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("REDIS_URL", redis_url)
 
 
-@contextmanager
-def api(redis_url: str, broker_url: str | None = None) -> Iterator[TestClient]:
-    settings = Settings(
-        executor="hybrid",
-        store="redis",
-        redis_url=redis_url,
+def outage_api(redis_url: str, broker_url: str | None = None) -> ContextManager[TestClient]:
+    """The hybrid api with a short publish timeout; a 500 stays a response to assert on."""
+    return api(
+        redis_url,
         celery_broker_url=broker_url or redis_url,
-        worker_heartbeat_interval=HEARTBEAT,
-        monitor_interval=0.2,
         publish_timeout=1.0,
-        task_modules=SAMPLE_TASK_MODULES.split(","),
-        scheduler="off",
-        api_token=None,
-        shutdown_grace=2.0,
+        raise_server_exceptions=False,
     )
-    # raise_server_exceptions=False: a 500 must show up as a response the test can assert on.
-    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
-        yield client
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"{what} not within {timeout} s"
-        time.sleep(0.1)
-
-
-def submit(client: TestClient, name: str, *args: Any) -> Any:
-    return client.post("/api/tasks", json={"name": name, "args": list(args)})
 
 
 def submit_accepted(client: TestClient, name: str, *args: Any) -> str:
     """Submit like a client honouring Retry-After: a 503 (never a 500) is retried, twice."""
     for _ in range(3):
-        response = submit(client, name, *args)
+        response = post_task(client, name, *args)
         if response.status_code == 202:
             return response.json()["task_id"]
         assert response.status_code == 503, response.text
@@ -85,44 +68,14 @@ def submit_accepted(client: TestClient, name: str, *args: Any) -> str:
     raise AssertionError(f"submit of {name} still refused: {response.text}")
 
 
-def wait_final(client: TestClient, task_id: str, timeout: float = 30) -> dict[str, Any]:
-    record: dict[str, Any] = {}
-
-    def finished() -> bool:
-        record.update(client.get(f"/api/tasks/{task_id}/status").json())
-        return record.get("status") in FINAL
-
-    wait_for(finished, timeout, f"task {task_id} finishing")
-    return record
-
-
-def route_now(client: TestClient, name: str) -> str:
-    body = client.get("/api/tasks/executors").json()
-    return next(entry["route"] for entry in body["tasks"] if entry["name"] == name)
-
-
-def executors(client: TestClient) -> dict[str, Any]:
-    response = client.get("/api/tasks/executors")
-    assert response.status_code == 200, response.text
-    return response.json()
-
-
-def metric(client: TestClient, name: str, **labels: str) -> float:
-    for family in text_string_to_metric_families(client.get("/metrics").text):
-        for sample in family.samples:
-            if sample.name == name and sample.labels == labels:
-                return sample.value
-    return 0.0
-
-
 def test_redis_outage_is_503_or_local_never_500_and_celery_routing_resumes(
     redis_server: RedisServer, redis_url: str, tmp_path: Path
 ) -> None:
     key = f"outage-{uuid.uuid4().hex[:6]}"
     first = CeleryWorker(redis_url, log_path=tmp_path / "first.log", heartbeat_interval=HEARTBEAT)
-    with first, api(redis_url) as client:
+    with first, outage_api(redis_url) as client:
         wait_for(lambda: route_now(client, HEAVY) == "celery", 5, "heavy routed to celery")
-        before = wait_final(client, submit(client, HEAVY, key, 0).json()["task_id"])
+        before = wait_final(client, post_task(client, HEAVY, key, 0).json()["task_id"])
         assert (before["executor"], before["worker"]) == ("celery", first.hostname)
 
         redis_server.stop()
@@ -130,7 +83,7 @@ def test_redis_outage_is_503_or_local_never_500_and_celery_routing_resumes(
             wait_for(lambda: executors(client)["broker_up"] is False, 5, "broker seen down")
             for name, args in [(HEAVY, (key, 0)), (LIGHT, (0,))] * 3:
                 started = time.monotonic()
-                response = submit(client, name, *args)
+                response = post_task(client, name, *args)
                 assert response.status_code in (202, 503), response.text
                 if response.status_code == 503:
                     assert int(response.headers["Retry-After"]) >= 1
@@ -177,9 +130,9 @@ def test_broker_down_with_records_elsewhere_runs_heavy_tasks_locally(redis_url: 
     store.zadd(keys.workers, {"announced@host": time.time() + 120})
     store.hset(keys.worker("announced@host"), mapping={"queues": "light,heavy", "concurrency": 1})
     try:
-        with api(redis_url, broker_url=broker.url) as client:
+        with outage_api(redis_url, broker_url=broker.url) as client:
             wait_for(lambda: route_now(client, HEAVY) == "celery", 5, "heavy routed to celery")
-            queued = submit(client, HEAVY, key, 0).json()["task_id"]
+            queued = post_task(client, HEAVY, key, 0).json()["task_id"]
             assert broker.client().llen("heavy") == 1
             assert client.get(f"/api/tasks/{queued}/status").json()["executor"] == "celery"
 
@@ -189,7 +142,7 @@ def test_broker_down_with_records_elsewhere_runs_heavy_tasks_locally(redis_url: 
             )
             local = []
             for _ in range(3):
-                response = submit(client, HEAVY, key, 0)
+                response = post_task(client, HEAVY, key, 0)
                 assert response.status_code == 202, response.text
                 local.append(response.json()["task_id"])
             for task_id in local:
@@ -207,7 +160,7 @@ def test_broker_down_with_records_elsewhere_runs_heavy_tasks_locally(redis_url: 
             broker.start()
             wait_for(lambda: executors(client)["broker_up"] is True, 10, "broker seen up")
             assert route_now(client, HEAVY) == "celery"
-            again = submit(client, HEAVY, key, 0).json()["task_id"]
+            again = post_task(client, HEAVY, key, 0).json()["task_id"]
             assert client.get(f"/api/tasks/{again}/status").json()["executor"] == "celery"
             assert broker.client().llen("heavy") == 1  # a restarted, empty broker got it
     finally:

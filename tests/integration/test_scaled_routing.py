@@ -14,117 +14,35 @@ subprocesses (tests.support.celery_processes.CeleryWorker); the api runs in-proc
 
 from __future__ import annotations
 
-import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
-from fastapi.testclient import TestClient
-from prometheus_client.parser import text_string_to_metric_families
 
-from app.config import Settings
-from app.main import create_app
-from tests.support.celery_processes import SAMPLE_TASK_MODULES, CeleryWorker
+from tests.support.scaled_api import (
+    api,
+    metric,
+    route_now,
+    status,
+    submit,
+    wait_final,
+    wait_for,
+    wait_route,
+    worker,
+)
 
 pytestmark = pytest.mark.integration
 
-HEARTBEAT = 0.5  # workers and api agree: a worker is live for 1.5 s after its last beat
 HEAVY = "celery_effect_once"  # weight="heavy", idempotent
 HEAVY_ONCE = "celery_effect_unsafe"  # weight="heavy", not idempotent
 LIGHT = "sample_sleep_async"
-FINAL = {"SUCCESS", "FAILURE", "CANCELLED"}
 
 
 @pytest.fixture(autouse=True)
 def _tasks_find_redis(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     # The sample tasks keep their evidence in REDIS_URL; here they also run in this process.
     monkeypatch.setenv("REDIS_URL", redis_url)
-
-
-def api_settings(redis_url: str, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {
-        "executor": "hybrid",
-        "store": "redis",
-        "redis_url": redis_url,
-        "celery_broker_url": redis_url,
-        "worker_heartbeat_interval": HEARTBEAT,
-        "monitor_interval": 0.2,
-        "task_modules": SAMPLE_TASK_MODULES.split(","),
-        "scheduler": "off",
-        "api_token": None,
-        "shutdown_grace": 2.0,
-        **overrides,
-    }
-    return Settings(**values)
-
-
-@contextmanager
-def api(redis_url: str, **overrides: Any) -> Iterator[TestClient]:
-    with TestClient(create_app(api_settings(redis_url, **overrides))) as client:
-        yield client
-
-
-def worker(redis_url: str, tmp_path: Path, **options: Any) -> CeleryWorker:
-    name = f"worker-{uuid.uuid4().hex[:6]}"
-    return CeleryWorker(
-        redis_url, log_path=tmp_path / f"{name}.log", heartbeat_interval=HEARTBEAT, **options
-    )
-
-
-def submit(client: TestClient, name: str, *args: Any) -> str:
-    response = client.post("/api/tasks", json={"name": name, "args": list(args)})
-    assert response.status_code == 202, response.text
-    return response.json()["task_id"]
-
-
-def status(client: TestClient, task_id: str) -> dict[str, Any]:
-    response = client.get(f"/api/tasks/{task_id}/status")
-    assert response.status_code == 200, response.text
-    return response.json()
-
-
-def wait_final(client: TestClient, task_id: str, timeout: float = 30) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        record = status(client, task_id)
-        if record["status"] in FINAL:
-            return record
-        assert time.monotonic() < deadline, f"task {task_id} still {record['status']}"
-        time.sleep(0.05)
-
-
-def route_now(client: TestClient, name: str) -> str:
-    body = client.get("/api/tasks/executors").json()
-    return next(entry["route"] for entry in body["tasks"] if entry["name"] == name)
-
-
-def wait_route(client: TestClient, name: str, expected: str, timeout: float) -> float:
-    """Seconds until GET /api/tasks/executors says `name` routes to `expected`."""
-    started = time.monotonic()
-    while route_now(client, name) != expected:
-        assert time.monotonic() - started < timeout, f"{name} never routed to {expected}"
-        time.sleep(0.05)
-    return time.monotonic() - started
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
-
-
-def metric(client: TestClient, name: str, **labels: str) -> float:
-    """A sample of GET /metrics (0 when the series does not exist yet)."""
-    for family in text_string_to_metric_families(client.get("/metrics").text):
-        for sample in family.samples:
-            if sample.name == name and sample.labels == labels:
-                return sample.value
-    return 0.0
 
 
 def test_workers_take_heavy_tasks_and_the_api_covers_for_a_dead_pool(

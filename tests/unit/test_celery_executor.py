@@ -22,20 +22,9 @@ from app.core.tasks.queues import QueueRouting
 from app.core.tasks.registry import TaskRegistry, task
 from app.core.tasks.store.redis import RedisStore
 from tests.support.processes import free_port
+from tests.support.scaled_api import make_celery
 
 PUBLISH_TIMEOUT = 0.5
-
-
-def make_celery(broker_url: str) -> Celery:
-    """A bare Celery app configured like the real one where publishing is concerned."""
-    app = Celery("tasklane-test", broker=broker_url, set_as_current=False)
-    app.conf.update(
-        task_serializer="json",
-        accept_content=["json"],
-        broker_connection_timeout=1,
-        broker_transport_options={"socket_connect_timeout": 1, "socket_timeout": 1},
-    )
-    return app
 
 
 def _noop(*args: Any, **kwargs: Any) -> None:

@@ -30,6 +30,7 @@ from app.core.tasks.registry import TaskRegistry, task
 from app.core.tasks.store.redis import RedisStore
 from app.core.tasks.worker_keys import WorkerKeys
 from tests.support.processes import free_port
+from tests.support.scaled_api import make_celery
 
 PREFIX = "test:"
 KEYS = WorkerKeys(PREFIX)
@@ -77,17 +78,6 @@ def fallbacks(task_name: str, reason: str) -> float:
 
 def decisions(task_name: str, executor: str) -> float:
     return sample("tasklane_routing_decisions_total", task=task_name, executor=executor)
-
-
-def make_celery(broker_url: str) -> Celery:
-    app = Celery("tasklane-test", broker=broker_url, set_as_current=False)
-    app.conf.update(
-        task_serializer="json",
-        accept_content=["json"],
-        broker_connection_timeout=1,
-        broker_transport_options={"socket_connect_timeout": 1, "socket_timeout": 1},
-    )
-    return app
 
 
 @dataclass
