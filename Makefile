@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: run run-scaled test lint format clean system-packages
+.PHONY: run run-scaled test lint format clean system-packages tools
 
 # A stamp per dependency set, so `make test` after `make run` installs only the extras.
 $(BIN)/python:
@@ -31,8 +31,13 @@ run-scaled: $(VENV)/.runtime-installed system-packages
 system-packages:
 	scripts/ensure-system-packages redis-server
 
+## tools: helm 4 and kubectl 1.33 into .cache/tools/bin unless PATH has them (chart tests)
+tools:
+	scripts/install-tools >/dev/null
+
 ## test: lint, then the whole suite (starts its own redis-server on free loopback ports)
-test: $(VENV)/.dev-installed system-packages
+test: $(VENV)/.dev-installed system-packages tools
+	scripts/ensure-system-packages prometheus
 	$(BIN)/ruff check app tests scripts
 	$(BIN)/python -m pytest
 

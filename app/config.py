@@ -93,6 +93,12 @@ class Settings(BaseSettings):
     #: worker. None: twice the longest registered task timeout, at least one hour.
     visibility_timeout: int | None = Field(default=None, ge=1)
 
+    #: Port of the Celery worker's own /metrics endpoint (its main process serves every pool
+    #: child's samples from PROMETHEUS_MULTIPROC_DIR); 0 turns it off.
+    worker_metrics_port: int = Field(default=9464, ge=0, le=65_535)
+    #: Address that endpoint binds (all interfaces in a pod; 127.0.0.1 locally if preferred).
+    worker_metrics_host: str = "0.0.0.0"
+
     log_format: Literal["text", "json"] = "text"
     log_level: str = "INFO"
 
