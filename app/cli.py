@@ -2,12 +2,15 @@
 
 tasklane serve [--host 127.0.0.1] [--port 8000] [--workers 1] [--log-level info]
 tasklane worker [--queues light,heavy] [--concurrency N] [--hostname NAME] [--loglevel info]
-                [--pool prefork]
+                [--pool prefork] [--metrics-port 9464]
 tasklane beat [--schedule PATH] [--loglevel info]
+tasklane status --worker [--hostname NAME]
 
 worker and beat exec `celery -A app.workers.celery_app worker|beat ...` (the guide's commands):
 exec, not a child process, so Celery is PID 1 in a container and receives SIGTERM itself for
-its warm shutdown.
+its warm shutdown. serve and worker prepare PROMETHEUS_MULTIPROC_DIR first (wiped, or created
+when several processes will write and it is unset), so one endpoint per pod counts every
+process (app/core/metrics_dir.py). `status --worker` is the worker pod's liveness probe.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from app.config import Settings
+from app.core.metrics_dir import use_multiprocess_dir
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 CELERY_LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
@@ -74,6 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     worker.add_argument("--hostname", default=None, help="node name (default: celery@%%h)")
     worker.add_argument("--pool", choices=POOLS, default="prefork", help="(default prefork)")
+    worker.add_argument(
+        "--metrics-port",
+        type=_port,
+        default=None,
+        help="port of the worker's /metrics (default: TASKLANE_WORKER_METRICS_PORT, else 9464; "
+        "0 = off)",
+    )
     _add_celery_loglevel(worker)
 
     beat = commands.add_parser(
@@ -87,6 +98,22 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"schedule state file in a writable directory (default {DEFAULT_BEAT_SCHEDULE})",
     )
     _add_celery_loglevel(beat)
+
+    status = commands.add_parser(
+        "status",
+        help="report on the deployment (--worker: liveness of this host's Celery worker)",
+        description="--worker exits 0 while this host's worker heartbeat is fresh (or Redis "
+        "cannot be read), 1 when it is stale or missing: the worker pod's liveness probe.",
+    )
+    status.add_argument(
+        "--worker",
+        action="store_true",
+        required=True,
+        help="judge this host's Celery worker by its heartbeat",
+    )
+    status.add_argument(
+        "--hostname", default=None, help="worker node name (default: celery@<this host>)"
+    )
     return parser
 
 
@@ -108,6 +135,8 @@ def main(argv: list[str] | None = None, *, exec_function: ExecFunction = os.exec
         return serve(host=args.host, port=args.port, workers=args.workers, log_level=args.log_level)
     if args.command in ("worker", "beat"):
         return celery(args, exec_function)
+    if args.command == "status":
+        return worker_status(args.hostname)
     raise AssertionError(f"unhandled command {args.command!r}")  # argparse refuses the rest
 
 
@@ -131,6 +160,8 @@ def serve(*, host: str, port: int, workers: int, log_level: str | None) -> int:
             file=sys.stderr,
         )
         return 2
+    # Before uvicorn imports the app (and with it prometheus_client) in this or a child process.
+    use_multiprocess_dir(required=workers > 1, prefix="tasklane-api-metrics-")
     uvicorn.run(
         "app.main:create_app",
         factory=True,
@@ -151,6 +182,10 @@ def celery(args: argparse.Namespace, exec_function: ExecFunction) -> int:
         return 2
     loglevel = (args.loglevel or settings.log_level).upper()
     if args.command == "worker":
+        if args.metrics_port is not None:
+            os.environ["TASKLANE_WORKER_METRICS_PORT"] = str(args.metrics_port)
+        # Pool children inherit it through exec and fork; the main process serves them all.
+        use_multiprocess_dir(required=True, prefix="tasklane-worker-metrics-")
         command = worker_command(
             queues=args.queues or [settings.light_queue, settings.heavy_queue],
             concurrency=args.concurrency,
@@ -166,6 +201,20 @@ def celery(args: argparse.Namespace, exec_function: ExecFunction) -> int:
         print(f"tasklane {args.command}: cannot run {command[0]}: {exc}", file=sys.stderr)
         return 127
     return 0  # reached only when exec_function is a test's recorder
+
+
+def worker_status(hostname: str | None) -> int:
+    """The liveness verdict on this host's worker: 0 alive (or not judged), 1 dead."""
+    from app.workers.liveness import check_worker
+
+    try:
+        settings = Settings()
+    except ValueError as exc:
+        print(f"tasklane status: {exc}", file=sys.stderr)
+        return 2
+    verdict = check_worker(settings, hostname)
+    print(verdict.message, file=sys.stdout if verdict.alive else sys.stderr)
+    return 0 if verdict.alive else 1
 
 
 def celery_program() -> list[str]:

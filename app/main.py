@@ -17,6 +17,7 @@ from app.api.errors import install_error_handlers
 from app.api.examples import router as examples_router
 from app.api.health import router as health_router
 from app.api.limits import BodySizeLimit
+from app.api.metrics import HttpMetrics
 from app.api.metrics import router as metrics_router
 from app.api.resources import router as resources_router
 from app.api.tasks import router as tasks_router
@@ -73,9 +74,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.manager = None
 
     install_error_handlers(app)
-    # Added last = outermost: an oversized body is refused before anything else runs.
+    # Added last = outermost: an oversized body is refused before anything else runs, and
+    # HttpMetrics, outside it, still counts that refusal.
     app.add_middleware(HandoffGuard)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(HttpMetrics)
 
     app.include_router(tasks_router)
     app.include_router(examples_router)

@@ -3,6 +3,7 @@ process-wide TaskManager around every test."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -52,3 +53,15 @@ def _fresh_task_manager() -> Iterator[None]:
     set_task_manager(None)
     yield
     set_task_manager(None)
+
+
+@pytest.fixture(autouse=True)
+def _restore_metrics_dir_variable() -> Iterator[None]:
+    """`tasklane serve|worker` set PROMETHEUS_MULTIPROC_DIR in their own process, which under
+    a CLI unit test is pytest's: put it back so no later test or child process inherits it."""
+    before = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    yield
+    if before is None:
+        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    else:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = before

@@ -1,21 +1,71 @@
-"""GET /metrics: Prometheus text exposition of this process's default registry.
+"""GET /metrics and the HTTP request metrics.
 
-Single-process for now; under several api processes the multiprocess collector takes over
-(DESIGN.md §5). Importing app.core.tasks.metrics registers tasklane's own series, so they are
-exposed (at zero) even in single mode, where nothing else imports them.
+/metrics serves app/core/metrics_exposition.py's registry: every api process of the pod when
+PROMETHEUS_MULTIPROC_DIR is set (`tasklane serve --workers N` sets it), else this process.
+Importing app.core.tasks.metrics registers tasklane's own series, so they are exposed even in
+single mode, where nothing else may have imported them yet.
+
+HttpMetrics is pure ASGI (no BaseHTTPMiddleware: it must not buffer streamed bodies or break
+BackgroundTasks). The `handler` label is the route *template* (`/api/tasks/{task_id}`), never
+the raw path, so label cardinality stays bounded whatever clients send. A request that never
+reached a route is labelled `<unmatched>`: an unknown path, or a body refused before routing
+(413 from BodySizeLimit; its status label still tells it apart).
 """
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+import time
 
-import app.core.tasks.metrics  # noqa: F401 - registers the tasklane_* metrics
+from fastapi import APIRouter, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.core.metrics_exposition import render_latest
+from app.core.tasks import metrics as task_metrics
 
 router = APIRouter(tags=["metrics"])
+
+UNMATCHED = "<unmatched>"
 
 
 @router.get("/metrics", include_in_schema=False)
 def metrics() -> Response:
-    """Every metric of this process in Prometheus' text format."""
-    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+    """Every metric of this pod's api processes in Prometheus' text format."""
+    body, content_type = render_latest()
+    return Response(body, media_type=content_type)
+
+
+class HttpMetrics:
+    """Counts each HTTP request and times it until its last body byte is sent."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        began = time.perf_counter()
+        status = 500  # what the server answers when the app raises before responding
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            handler = _handler(scope)
+            method = scope["method"]
+            task_metrics.HTTP_REQUESTS.labels(
+                method=method, handler=handler, status=str(status)
+            ).inc()
+            task_metrics.HTTP_REQUEST_DURATION.labels(method=method, handler=handler).observe(
+                time.perf_counter() - began
+            )
+
+
+def _handler(scope: Scope) -> str:
+    path = getattr(scope.get("route"), "path", None)
+    return path if isinstance(path, str) else UNMATCHED

@@ -37,6 +37,7 @@ from app.core.tasks.scheduler import ScheduleEntry
 from app.logs import configure_logging
 from app.tasks.schedule import SCHEDULE
 from app.workers.heartbeat import Heartbeat
+from app.workers.metrics_endpoint import MetricsEndpoint
 
 #: Seconds Celery's hard time limit allows beyond a task's own timeout. execute() enforces the
 #: timeout itself; the hard limit only fires when a body blocks its event loop, and kills the
@@ -159,6 +160,7 @@ def create_celery_app(
         timezone="UTC",
     )
     celery.steps["worker"].add(Heartbeat)
+    celery.steps["worker"].add(MetricsEndpoint)
     return celery
 
 

@@ -20,7 +20,7 @@ import redis
 from celery import signals
 
 from app.config import Settings
-from app.core.tasks.hooks import HookChain, TaskHooks, TransitionLog
+from app.core.tasks.hooks import TaskHooks, default_hooks
 from app.core.tasks.registry import TaskRegistry
 from app.core.tasks.registry import registry as default_registry
 from app.core.tasks.store import ResultStore, create_store
@@ -38,8 +38,7 @@ class Runtime:
         self.settings = settings
         self.registry = registry
         self.store: ResultStore = create_store(settings)
-        # Metrics hooks join this chain where the api's do (DESIGN.md §5).
-        self.hooks: TaskHooks = HookChain([TransitionLog()])
+        self.hooks: TaskHooks = default_hooks()
         self.keys = WorkerKeys(settings.key_prefix)
         url = settings.store_redis_url
         #: Sync client for the worker keys; None when there is no Redis (no bookkeeping).

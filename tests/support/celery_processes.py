@@ -27,13 +27,13 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import timedelta
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Literal, Self
 
 import redis
 from celery import Celery
 from celery.beat import PersistentScheduler
 
-from tests.support.processes import REPO_ROOT, clean_environment
+from tests.support.processes import REPO_ROOT, clean_environment, tasklane_command
 
 #: What a test worker loads besides app.tasks: the throwaway tasks of both sample modules.
 SAMPLE_TASK_MODULES = "tests.support.sample_tasks,tests.support.celery_sample_tasks"
@@ -159,6 +159,10 @@ class CeleryWorker(_CeleryProcess):
     -n and -P; heartbeat_interval sets TASKLANE_WORKER_HEARTBEAT_INTERVAL (short, so liveness
     changes are quick to observe); task_modules sets TASKLANE_TASK_MODULES (default: the
     sample task modules); env adds or overrides anything else (TASKLANE_VISIBILITY_TIMEOUT...).
+    The worker's /metrics endpoint is off (port 0) unless env sets TASKLANE_WORKER_METRICS_PORT:
+    several test workers must not compete for one port. launcher="tasklane" starts it through
+    the launch command the image runs (`tasklane worker`, which prepares the metrics folder and
+    exec's Celery) instead of `celery worker`.
     """
 
     def __init__(
@@ -175,11 +179,13 @@ class CeleryWorker(_CeleryProcess):
         key_prefix: str = "tasklane:",
         env: Mapping[str, str] | None = None,
         start_timeout: float = 30.0,
+        launcher: Literal["celery", "tasklane"] = "celery",
     ) -> None:
         super().__init__(
             redis_url,
             log_path,
             {
+                "TASKLANE_WORKER_METRICS_PORT": "0",
                 "TASKLANE_WORKER_HEARTBEAT_INTERVAL": str(heartbeat_interval),
                 "TASKLANE_TASK_MODULES": task_modules,
                 "TASKLANE_KEY_PREFIX": key_prefix,
@@ -190,23 +196,22 @@ class CeleryWorker(_CeleryProcess):
         self.concurrency = concurrency
         self.hostname = hostname or unique_hostname()
         self.key_prefix = key_prefix
-        self._spawn(
-            celery_command(
-                "worker",
-                "--queues",
-                ",".join(self.queues),
-                "--concurrency",
-                str(concurrency),
-                "--hostname",
-                self.hostname,
-                "--pool",
-                pool,
-                "--loglevel",
-                "INFO",
-                "--without-mingle",
-                "--without-gossip",
-            )
-        )
+        options = [
+            "--queues",
+            ",".join(self.queues),
+            "--concurrency",
+            str(concurrency),
+            "--hostname",
+            self.hostname,
+            "--pool",
+            pool,
+            "--loglevel",
+            "INFO",
+        ]
+        if launcher == "tasklane":
+            self._spawn(tasklane_command("worker", *options))
+        else:
+            self._spawn(celery_command("worker", *options, "--without-mingle", "--without-gossip"))
         self._wait(f"worker {self.hostname} heartbeat", self.heartbeat_seen, start_timeout)
 
     def heartbeat_seen(self) -> bool:

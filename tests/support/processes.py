@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -114,12 +116,14 @@ class RedisServer:
 
 
 def clean_environment(**overrides: str) -> dict[str, str]:
-    """This process's environment without any tasklane, Redis or Celery setting, plus overrides:
-    a server started with it sees only what the test chose."""
+    """This process's environment without any tasklane, Redis, Celery or prometheus_client
+    multiprocess setting, plus overrides: a server started with it sees only what the test
+    chose."""
     env = {
         key: value
         for key, value in os.environ.items()
         if not key.startswith(("TASKLANE_", "CELERY_", "REDIS_"))
+        and key not in ("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir")
     }
     env["PYTHONPATH"] = str(REPO_ROOT)
     env.update(overrides)
@@ -135,19 +139,23 @@ def tasklane_command(*args: str) -> list[str]:
 
 
 class ServerProcess:
-    """`tasklane serve` on a free loopback port, its output in a log file."""
+    """`tasklane serve` on a free loopback port, its output in a log file; workers > 1 runs
+    that many uvicorn worker processes (what the chart's `api.workers` does)."""
 
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, env: dict[str, str], log_path: Path, *, workers: int = 1) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
+        argv = ["serve", "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(workers)]
         with log_path.open("wb") as output:
             self.process = subprocess.Popen(
-                tasklane_command("serve", "--host", "127.0.0.1", "--port", str(self.port)),
+                tasklane_command(*argv),
                 cwd=REPO_ROOT,
                 env=env,
                 stdout=output,
                 stderr=subprocess.STDOUT,
+                # Its own group: kill() takes uvicorn's worker processes down with it.
+                start_new_session=True,
             )
         try:
             wait_for_port(self.port, timeout=30, process=self.process)
@@ -160,5 +168,6 @@ class ServerProcess:
 
     def kill(self) -> None:
         if self.process.poll() is None:
-            self.process.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=10)

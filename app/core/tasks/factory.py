@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from app.config import Settings
 from app.core.tasks.executors.background import BackgroundTasksExecutor
-from app.core.tasks.hooks import HookChain, TaskHooks, TransitionLog
+from app.core.tasks.hooks import TaskHooks, default_hooks
 from app.core.tasks.manager import TaskManager
 from app.core.tasks.queues import QueueRouting
 from app.core.tasks.registry import TaskRegistry, autodiscover
@@ -39,7 +39,7 @@ def build_task_manager(
     settings.check()
     autodiscover(settings.task_modules)
     store = create_store(settings)
-    hooks = hooks or HookChain([TransitionLog()])
+    hooks = hooks or default_hooks()
     executor = build_executor(settings, store=store, registry=registry, hooks=hooks)
     return TaskManager(store=store, executor=executor, registry=registry, hooks=hooks)
 

@@ -1,15 +1,20 @@
-"""Lifecycle callbacks: logging (and later metrics) plug in here instead of into executors.
+"""Lifecycle callbacks: logging and metrics plug in here instead of into executors.
 
 Hooks run in whichever process wrote the transition: the api for submits and in-process runs,
-a Celery worker for tasks it runs. A hook that raises is logged and never breaks a task.
+a Celery worker for tasks it runs. Every transition is written once (the store's update is a
+compare-and-set), so a hook sees it once in the whole system. A hook that raises is logged and
+never breaks a task.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterable
+from datetime import datetime
 
-from app.core.tasks.models import TaskResult, TaskStatus
+from app.core.tasks import metrics
+from app.core.tasks.models import TaskResult, TaskStatus, utcnow
 
 log = logging.getLogger("tasklane.tasks")
 
@@ -59,6 +64,67 @@ class TransitionLog(TaskHooks):
             fields["error"] = record.error.message
         level = logging.WARNING if record.status is TaskStatus.FAILURE else logging.INFO
         log.log(level, "task %s %s", record.name, record.status.value, extra=fields)
+
+
+class TaskMetrics(TaskHooks):
+    """The DESIGN.md §5 task series: submitted, finished, retries, duration, queue wait, and
+    tasks in progress.
+
+    In progress is counted per process, for the attempts this process saw start: a transition
+    out of STARTED written here for an attempt that started elsewhere (the reaper settling a
+    dead process's task, say) must not drive this process's gauge below zero.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running: dict[str, str] = {}  # task id -> executor label of its running attempt
+
+    def after_submit(self, record: TaskResult) -> None:
+        metrics.TASKS_SUBMITTED.labels(task=record.name, executor=record.executor).inc()
+
+    def on_transition(self, record: TaskResult, previous: TaskStatus | None) -> None:
+        status = record.status
+        if status is TaskStatus.STARTED:
+            self._started(record)
+            return
+        if previous is TaskStatus.STARTED:
+            self._attempt_ended(record)
+        if status is TaskStatus.RETRY:
+            metrics.TASK_RETRIES.labels(task=record.name).inc()
+        elif record.finished:
+            metrics.TASKS_FINISHED.labels(
+                task=record.name, executor=record.executor, status=status.value
+            ).inc()
+
+    def _started(self, record: TaskResult) -> None:
+        with self._lock:
+            if record.task_id in self._running:
+                return
+            self._running[record.task_id] = record.executor
+        metrics.TASKS_IN_PROGRESS.labels(executor=record.executor).inc()
+        if record.attempts <= 1 and record.started_at is not None:
+            wait = _seconds(record.submitted_at, record.started_at)
+            metrics.TASK_QUEUE_WAIT.labels(task=record.name, executor=record.executor).observe(wait)
+
+    def _attempt_ended(self, record: TaskResult) -> None:
+        with self._lock:
+            executor = self._running.pop(record.task_id, None)
+        if executor is not None:
+            metrics.TASKS_IN_PROGRESS.labels(executor=executor).dec()
+        if record.started_at is not None:
+            ended = record.finished_at or utcnow()
+            metrics.TASK_DURATION.labels(task=record.name, executor=record.executor).observe(
+                _seconds(record.started_at, ended)
+            )
+
+
+def default_hooks() -> HookChain:
+    """What every process that runs or submits tasks wires: one log line and the metrics."""
+    return HookChain([TransitionLog(), TaskMetrics()])
+
+
+def _seconds(start: datetime, end: datetime) -> float:
+    return max((end - start).total_seconds(), 0.0)
 
 
 def _fields(record: TaskResult) -> dict[str, object]:

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
+from app.core.tasks import metrics
 from app.core.tasks.arguments import normalise_arguments
 from app.core.tasks.errors import (
     ExecutorUnavailable,
@@ -93,6 +95,7 @@ class TaskManager:
         UnsupportedOption, or ExecutorUnavailable (nothing can run it now; the record is
         settled as FAILURE so it never stays PENDING).
         """
+        began = time.perf_counter()
         options = options or SubmitOptions()
         spec = self.registry.get(name)
         self._check_options(options)
@@ -119,6 +122,9 @@ class TaskManager:
             await mark_interrupted(self.store, stored.task_id, f"not dispatched: {exc}", self.hooks)
             raise
         self.hooks.after_submit(stored)
+        metrics.SUBMIT_DURATION.labels(executor=stored.executor).observe(
+            time.perf_counter() - began
+        )
         return stored.task_id
 
     async def submit_many(

@@ -292,7 +292,7 @@ class WorkerMonitor:
         return MappingProxyType(lengths)
 
     def _export(self, snapshot: WorkerSnapshot, now: float) -> None:
-        metrics.BROKER_UP.set(1 if snapshot.broker_up else 0)
+        metrics.set_broker_up(snapshot.broker_up)
         for queue in sorted(self.watched | set(snapshot.queues())):
             metrics.WORKERS_AVAILABLE.labels(queue=queue).set(snapshot.live_workers(queue, now))
             if queue in snapshot.queue_lengths:
