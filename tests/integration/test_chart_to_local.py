@@ -1,0 +1,288 @@
+"""chart-to-local (DESIGN.md §6, issue 5): the chart's rendered containers, run here.
+
+For single and scaled mode, `helm template` renders the chart; every container's own command,
+args and env (resolved like the kubelet, rewritten only as tests/support/chart_to_local.py
+lists) start as local processes — in scaled mode the chart's own Redis container too, on
+Debian's redis-server with the rendered password — and then: the probes the chart declares
+pass, and a task submitted over HTTP completes where the mode says (in the api in single
+mode, on the Celery worker in scaled mode).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from app.config import Settings
+from tests.support.chart_to_local import (
+    Cluster,
+    LocalContainer,
+    find,
+    referenced_names,
+    render,
+)
+from tests.support.processes import clean_environment, wait_for_port
+
+pytestmark = pytest.mark.integration
+
+RELEASE = "tl"
+NAMESPACE = "default"
+FULLNAME = f"{RELEASE}-tasklane"
+FINAL = {"SUCCESS", "FAILURE", "CANCELLED"}
+#: Read by something other than Settings, and by whom.
+NON_SETTINGS_ENV = {
+    "PROMETHEUS_MULTIPROC_DIR": "prometheus_client (multiprocess samples folder)",
+}
+
+
+def settings_env_names() -> set[str]:
+    """Every environment variable app/config.py reads."""
+    names: set[str] = set()
+    for field_name, info in Settings.model_fields.items():
+        names.add(f"TASKLANE_{field_name.upper()}")
+        alias = info.validation_alias
+        for choice in getattr(alias, "choices", ()):
+            if isinstance(choice, str):
+                names.add(choice.upper())
+    return names
+
+
+class LocalPods:
+    """Started containers; stops every process group at the end."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.processes: list[tuple[LocalContainer, subprocess.Popen[bytes]]] = []
+
+    def start(self, container: LocalContainer) -> subprocess.Popen[bytes]:
+        log = self.tmp_path / f"{container.workload}-{container.name}.log"
+        process = container.spawn(log, clean_environment())
+        self.processes.append((container, process))
+        return process
+
+    def log(self, container: LocalContainer) -> str:
+        return (self.tmp_path / f"{container.workload}-{container.name}.log").read_text(
+            errors="replace"
+        )
+
+    def stop(self) -> None:
+        for _, process in reversed(self.processes):
+            if process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGTERM)
+        for _, process in reversed(self.processes):
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=5)
+
+
+@pytest.fixture
+def pods(tmp_path: Path) -> Iterator[LocalPods]:
+    started = LocalPods(tmp_path)
+    try:
+        yield started
+    finally:
+        started.stop()
+
+
+def assert_env_is_read(cluster: Cluster, container: LocalContainer, extra: set[str]) -> None:
+    """Every variable the chart sets is read by the app, by prometheus_client, by KEDA, or is
+    referenced as $(NAME) by another value, the command, or a probe."""
+    (workload,) = [
+        obj
+        for kind in ("Deployment", "StatefulSet")
+        for obj in find(cluster.objects, kind, container.workload)
+    ]
+    (spec,) = [
+        c for c in workload["spec"]["template"]["spec"]["containers"] if c["name"] == container.name
+    ]
+    referenced: set[str] = set()
+    texts = [str(item.get("value", "")) for item in spec.get("env", [])]
+    texts += [*spec.get("command", []), *spec.get("args", [])]
+    for probe in container.probes.values():
+        texts += probe.get("exec", {}).get("command", [])
+    for text in texts:
+        referenced |= referenced_names(text)
+    known = settings_env_names() | set(NON_SETTINGS_ENV) | referenced | extra
+    unread = [name for name in container.declared_env if name not in known]
+    assert not unread, (
+        f"{container.workload}/{container.name} sets variables nobody reads: {unread}"
+    )
+
+
+def keda_env_names(cluster: Cluster) -> set[str]:
+    """Variables KEDA reads from the scale target (addressFromEnv, passwordFromEnv, ...)."""
+    names: set[str] = set()
+    for scaled in find(cluster.objects, "ScaledObject"):
+        for trigger in scaled["spec"]["triggers"]:
+            for key, value in trigger.get("metadata", {}).items():
+                if key.endswith("FromEnv"):
+                    names.add(value)
+    return names
+
+
+def wait_http(url: str, path: str, within: float = 30) -> httpx.Response:
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            response = httpx.get(url + path, timeout=5)
+            if response.status_code == 200:
+                return response
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, f"{url}{path} never answered 200"
+        time.sleep(0.2)
+
+
+def check_http_probes(container: LocalContainer) -> None:
+    for probe in container.probes.values():
+        http = probe.get("httpGet")
+        if http is None:
+            continue
+        port = http["port"]
+        if isinstance(port, str):  # a named container port: the chart names one, "http"
+            port = next(iter(container.ports))
+        wait_http(f"http://127.0.0.1:{container.ports[port]}", http["path"])
+
+
+def token_header(cluster: Cluster, container: LocalContainer) -> dict[str, str]:
+    token = container.env.get("TASKLANE_API_TOKEN")
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def submit_and_wait(
+    url: str, headers: dict[str, str], name: str, args: list[Any], within: float = 60
+) -> dict[str, Any]:
+    response = httpx.post(
+        f"{url}/api/tasks", json={"name": name, "args": args}, headers=headers, timeout=10
+    )
+    assert response.status_code == 202, response.text
+    task_id = response.json()["task_id"]
+    deadline = time.monotonic() + within
+    while True:
+        record = httpx.get(f"{url}/api/tasks/{task_id}/status", timeout=10).json()
+        if record["status"] in FINAL:
+            return record
+        assert time.monotonic() < deadline, record
+        time.sleep(0.2)
+
+
+def test_single_mode_api_runs_from_its_rendered_container(pods: LocalPods, tmp_path: Path) -> None:
+    objects = render({}, release=RELEASE, namespace=NAMESPACE, workdir=tmp_path)
+    cluster = Cluster(objects, namespace=NAMESPACE, workdir=tmp_path)
+    workloads = {obj["metadata"]["name"] for obj in find(objects, "Deployment")}
+    assert workloads == {f"{FULLNAME}-api"}
+    assert not find(objects, "StatefulSet")
+
+    api = cluster.container("Deployment", f"{FULLNAME}-api", "api")
+    assert_env_is_read(cluster, api, set())
+    assert api.env.get("TASKLANE_EXECUTOR") == "background"
+    process = pods.start(api)
+    (port,) = api.ports.values()
+    wait_for_port(port, timeout=30, process=process)
+    check_http_probes(api)
+
+    url = f"http://127.0.0.1:{port}"
+    record = submit_and_wait(url, token_header(cluster, api), "calculate_all_ratings", [])
+    assert record["status"] == "SUCCESS", record
+    assert record["executor"] == "background"
+    # Containers log JSON (TASKLANE_LOG_FORMAT=json): one line per transition.
+    lines = [json.loads(line) for line in pods.log(api).splitlines() if line.startswith("{")]
+    transitions = [
+        (line.get("status"), line.get("executor"))
+        for line in lines
+        if line.get("task_id") == record["task_id"]
+    ]
+    assert ("SUCCESS", "background") in transitions, transitions
+
+
+def test_scaled_mode_runs_redis_api_worker_and_beat_from_their_rendered_containers(
+    pods: LocalPods, tmp_path: Path
+) -> None:
+    values = {
+        "celery": {"enabled": True, "worker": {"autoscaling": {"keda": {"force": True}}}},
+    }
+    objects = render(values, release=RELEASE, namespace=NAMESPACE, workdir=tmp_path)
+    cluster = Cluster(objects, namespace=NAMESPACE, workdir=tmp_path)
+    keda_names = keda_env_names(cluster)
+
+    # The chart's own Redis container, on Debian's redis-server (its port rewritten).
+    redis = cluster.container("StatefulSet", f"{FULLNAME}-redis", "redis")
+    assert_env_is_read(cluster, redis, {"REDISCLI_AUTH"})  # redis-cli (probes) reads it
+    (redis_port,) = redis.ports.values()
+    redis.argv += ["--port", str(redis_port), "--bind", "127.0.0.1"]
+    pods.start(redis)
+    wait_for_port(redis_port, timeout=15)
+    for service in (f"{FULLNAME}-redis",):
+        cluster.bind_service(service, {6379: redis_port})
+
+    api = cluster.container("Deployment", f"{FULLNAME}-api", "api")
+    worker = cluster.container("Deployment", f"{FULLNAME}-worker", "worker")
+    beat = cluster.container("Deployment", f"{FULLNAME}-beat", "beat")
+    for container in (api, worker, beat):
+        assert_env_is_read(cluster, container, keda_names)
+    assert api.env["TASKLANE_EXECUTOR"] == "hybrid"
+    assert api.env["TASKLANE_STORE"] == "redis"
+    # The rendered password reached the URLs (and Redis requires it).
+    assert "127.0.0.1" in api.env["REDIS_URL"]
+    assert f"{FULLNAME}-redis" not in api.env["REDIS_URL"]
+
+    worker_process = pods.start(worker)
+    pods.start(beat)
+    api_process = pods.start(api)
+    (api_port,) = api.ports.values()
+    wait_for_port(api_port, timeout=30, process=api_process)
+    check_http_probes(api)
+
+    # The worker's exec probes, run as the kubelet would run them in its container.
+    for kind in ("startupProbe", "livenessProbe"):
+        argv = cluster.probe_argv(worker, kind)
+        assert argv is not None, f"worker has no exec {kind}"
+        deadline = time.monotonic() + 30
+        while (
+            probe := subprocess.run(
+                argv,
+                env={**clean_environment(), **worker.env},
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+            )
+        ).returncode != 0:
+            assert worker_process.poll() is None, pods.log(worker)
+            assert time.monotonic() < deadline, (probe.stdout, probe.stderr, pods.log(worker))
+            time.sleep(0.5)
+    assert "readinessProbe" not in worker.probes  # DESIGN §6: workers have none
+
+    url = f"http://127.0.0.1:{api_port}"
+    record = submit_and_wait(url, token_header(cluster, api), "calculate_all_ratings", [])
+    assert record["status"] == "SUCCESS", (record, pods.log(worker))
+    assert record["executor"] == "celery"
+    assert str(record["worker"]).startswith("celery@")
+
+    # The worker pod's metrics endpoint on its (rewritten) container port counted it.
+    (metrics_port,) = worker.ports.values()
+    metrics = wait_http(f"http://127.0.0.1:{metrics_port}", "/metrics").text
+    finished = {
+        (sample.labels["task"], sample.labels["executor"], sample.labels["status"]): sample.value
+        for family in text_string_to_metric_families(metrics)
+        for sample in family.samples
+        if sample.name == "tasklane_tasks_finished_total"
+    }
+    assert finished.get(("calculate_all_ratings", "celery", "SUCCESS")) == 1, finished
+    # Beat runs its schedule from the rendered command (one instance: it is not -B).
+    assert "beat: Starting" in pods.log(beat), pods.log(beat)
