@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from app.config import Settings
-from app.core.metrics_dir import use_multiprocess_dir
+from app.core.metrics_dir import ensure_multiprocess_dir_exists, use_multiprocess_dir
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 CELERY_LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
@@ -131,6 +131,10 @@ def main(argv: list[str] | None = None, *, exec_function: ExecFunction = os.exec
     """Run the command argv names; returns the process exit status (worker and beat replace
     this process through exec_function and return only when they cannot start)."""
     args = build_parser().parse_args(argv)
+    if args.command not in ("serve", "worker"):
+        # beat and status never write samples, but the pod-wide variable may name a folder
+        # that does not exist yet: prometheus_client refuses a missing folder at first write.
+        ensure_multiprocess_dir_exists()
     if args.command == "serve":
         return serve(host=args.host, port=args.port, workers=args.workers, log_level=args.log_level)
     if args.command in ("worker", "beat"):
@@ -143,6 +147,8 @@ def main(argv: list[str] | None = None, *, exec_function: ExecFunction = os.exec
 def serve(*, host: str, port: int, workers: int, log_level: str | None) -> int:
     """Run uvicorn with the app factory until it is stopped."""
     import uvicorn
+
+    from app.logs import uvicorn_log_config
 
     if log_level is not None:
         # The factory reads Settings in each worker process; the environment reaches them all.
@@ -162,13 +168,15 @@ def serve(*, host: str, port: int, workers: int, log_level: str | None) -> int:
         return 2
     # Before uvicorn imports the app (and with it prometheus_client) in this or a child process.
     use_multiprocess_dir(required=workers > 1, prefix="tasklane-api-metrics-")
+    level = (log_level or settings.log_level).lower()
     uvicorn.run(
         "app.main:create_app",
         factory=True,
         host=host,
         port=port,
         workers=workers,
-        log_level=(log_level or settings.log_level).lower(),
+        log_level=level,
+        log_config=uvicorn_log_config(settings.log_format, level),
     )
     return 0
 

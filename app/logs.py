@@ -67,3 +67,27 @@ def configure_logging(log_format: str = "text", level: str = "INFO") -> None:
         logger = logging.getLogger(name)
         logger.handlers[:] = []
         logger.propagate = True
+
+
+def uvicorn_log_config(log_format: str = "text", level: str = "INFO") -> dict[str, Any]:
+    """logging.dictConfig for uvicorn.run(log_config=...): its own first lines ("Started server
+    process", "Waiting for application startup") come before the app's lifespan calls
+    configure_logging(), so without this they would be plain text in a JSON container log."""
+    formatter = "app.logs.JsonFormatter" if log_format == "json" else "app.logs.TextFormatter"
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"tasklane": {"()": formatter}},
+        "handlers": {
+            "stderr": {
+                "class": "logging.StreamHandler",
+                "formatter": "tasklane",
+                "stream": "ext://sys.stderr",
+            }
+        },
+        "root": {"handlers": ["stderr"], "level": level.upper()},
+        "loggers": {
+            name: {"handlers": [], "propagate": True, "level": level.upper()}
+            for name in ("uvicorn", "uvicorn.error", "uvicorn.access")
+        },
+    }

@@ -52,3 +52,11 @@ def use_multiprocess_dir(*, required: bool, prefix: str) -> Path | None:
         os.environ[ENV_VAR] = str(folder)
     prepare_multiprocess_dir(folder)
     return folder
+
+
+def ensure_multiprocess_dir_exists() -> None:
+    """Create the folder PROMETHEUS_MULTIPROC_DIR names, if set (no wipe: other processes of
+    the pod may be writing to it)."""
+    folder = multiprocess_dir()
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)

@@ -52,16 +52,41 @@ def test_a_subcommand_is_required(capsys: pytest.CaptureFixture[str]) -> None:
 def test_serve_defaults(uvicorn_calls: list[dict[str, Any]]) -> None:
     assert cli.main(["serve"]) == 0
 
-    assert uvicorn_calls == [
-        {
-            "app": "app.main:create_app",
-            "factory": True,
-            "host": "127.0.0.1",
-            "port": 8000,
-            "workers": 1,
-            "log_level": "info",
-        }
-    ]
+    (call,) = uvicorn_calls
+    log_config = call.pop("log_config")
+    assert call == {
+        "app": "app.main:create_app",
+        "factory": True,
+        "host": "127.0.0.1",
+        "port": 8000,
+        "workers": 1,
+        "log_level": "info",
+    }
+    # uvicorn's own start-up lines go through tasklane's formatter (text locally).
+    assert log_config["formatters"]["tasklane"]["()"] == "app.logs.TextFormatter"
+
+
+def test_serve_logs_json_from_the_first_line_when_asked(
+    uvicorn_calls: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TASKLANE_LOG_FORMAT", "json")
+    assert cli.main(["serve"]) == 0
+    config = uvicorn_calls[0]["log_config"]
+    assert config["formatters"]["tasklane"]["()"] == "app.logs.JsonFormatter"
+    assert config["loggers"]["uvicorn.error"]["propagate"] is True
+
+
+def test_beat_and_status_create_the_pod_metrics_folder_without_wiping_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    folder = tmp_path / "metrics"
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(folder))
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1/0")
+    assert cli.main(["status", "--worker"]) == 0  # Redis unreachable: not judged
+    assert folder.is_dir()
+    (folder / "counter_1.db").write_bytes(b"another process's samples")
+    assert cli.main(["status", "--worker"]) == 0
+    assert (folder / "counter_1.db").exists()
 
 
 def test_serve_options_reach_uvicorn_and_the_app(
