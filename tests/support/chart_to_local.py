@@ -12,11 +12,14 @@ starting them on this machine. What is rewritten, and nothing else:
 - the image's executables → this machine's: `tasklane`/`celery` from the venv (the image's
   /opt/venv/bin), `redis-server` from Debian's package (the redis image's).
 
-Environment resolution follows the kubelet: `envFrom` (ConfigMaps, Secrets, with prefixes)
-first, then `env` in order, each `value` expanding `$(NAME)` of variables defined before it
-(`$$` escapes); `valueFrom` reads the rendered ConfigMap/Secret, or fieldRef. `command` and
-`args` are expanded with the final environment. A command the image does not have, a ConfigMap
-or Secret the chart does not render, or an environment variable nobody reads fails the caller.
+The image's own ENV lines (read from the Dockerfile's final stage; PATH and VIRTUAL_ENV aside,
+which only locate its venv) are the base environment of every container running the tasklane
+image, as in a container. Environment resolution then follows the kubelet: `envFrom`
+(ConfigMaps, Secrets, with prefixes) first, then `env` in order, each `value` expanding
+`$(NAME)` of variables defined before it (`$$` escapes); `valueFrom` reads the rendered
+ConfigMap/Secret, or fieldRef. `command` and `args` are expanded with the final environment.
+A command the image does not have, a ConfigMap or Secret the chart does not render, or an
+environment variable nobody reads fails the caller.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from typing import Any
 
 import yaml
 
+from tests.support.dockerfile import DOCKERFILE, parse_dockerfile, stage_env
 from tests.support.processes import REPO_ROOT, free_port
 
 Manifest = dict[str, Any]
@@ -45,6 +49,11 @@ IMAGE_COMMANDS: dict[str, str] = {
     "redis-cli": shutil.which("redis-cli") or "/usr/bin/redis-cli",
     "sh": "/bin/sh",
 }
+
+#: Image ENV that only locates the image's venv; this machine's venv is used instead.
+_MACHINE_SPECIFIC = ("PATH", "VIRTUAL_ENV")
+#: The tasklane image's repository (values.yaml image.repository).
+APP_IMAGE = "tasklane"
 
 _REFERENCE = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)|\$\$")
 
@@ -92,6 +101,12 @@ def render(
     if out.returncode != 0:
         raise ChartToLocalError(f"helm template failed: {out.stderr}")
     return [doc for doc in yaml.safe_load_all(out.stdout) if doc]
+
+
+def image_env() -> dict[str, str]:
+    """The environment the tasklane image's ENV lines give every process in it."""
+    env = stage_env(parse_dockerfile(DOCKERFILE.read_text(encoding="utf-8")).final)
+    return {k: v for k, v in env.items() if k not in _MACHINE_SPECIFIC}
 
 
 def find(objects: Iterable[Manifest], kind: str, name: str | None = None) -> list[Manifest]:
@@ -252,7 +267,8 @@ class Cluster:
         return mounts
 
     def _environment(self, spec: Manifest, pod: Manifest) -> tuple[dict[str, str], list[str]]:
-        env: dict[str, str] = {}
+        repository = spec["image"].rsplit(":", 1)[0].rsplit("/", 1)[-1]
+        env: dict[str, str] = image_env() if repository == APP_IMAGE else {}
         declared: list[str] = []
         for source in spec.get("envFrom", []):
             prefix = source.get("prefix", "")

@@ -48,6 +48,7 @@ def test_expansion_follows_kubernetes_rules() -> None:
 def test_container_env_resolution_and_rewrites(tmp_path: Path) -> None:
     container = {
         "name": "api",
+        "image": "tasklane:0.1.0",
         "command": ["tasklane"],
         "args": ["serve", "--port", "8000", "--schedule", "/tmp/beat"],
         "ports": [{"containerPort": 8000}],
@@ -70,6 +71,8 @@ def test_container_env_resolution_and_rewrites(tmp_path: Path) -> None:
     local = cluster.container("Deployment", "app", "api")
 
     assert local.env["TASKLANE_STORE"] == "redis"
+    assert local.env["TASKLANE_LOG_FORMAT"] == "json"  # the image's own ENV
+    assert "PATH" not in local.env
     assert local.env["REDIS_URL"] == "redis://:s3cret@127.0.0.1:40001/0"
     assert local.env["OTHER"] == "127.0.0.1"
     port = local.ports[8000]
@@ -79,7 +82,7 @@ def test_container_env_resolution_and_rewrites(tmp_path: Path) -> None:
 
 
 def test_unknown_command_or_missing_secret_fails(tmp_path: Path) -> None:
-    no_command = deployment({"name": "x", "command": ["gunicorn"], "args": []})
+    no_command = deployment({"name": "x", "image": "x:1", "command": ["gunicorn"], "args": []})
     with pytest.raises(ChartToLocalError, match="no command 'gunicorn'"):
         Cluster([no_command], namespace="default", workdir=tmp_path).container(
             "Deployment", "app", "x"
@@ -87,6 +90,7 @@ def test_unknown_command_or_missing_secret_fails(tmp_path: Path) -> None:
     missing = deployment(
         {
             "name": "x",
+            "image": "x:1",
             "command": ["tasklane"],
             "env": [{"name": "P", "valueFrom": {"secretKeyRef": {"name": "nope", "key": "k"}}}],
         }
