@@ -31,9 +31,9 @@ run-scaled: $(VENV)/.runtime-installed system-packages
 system-packages:
 	scripts/ensure-system-packages redis-server
 
-## tools: helm 4 and kubectl 1.33 into .cache/tools/bin unless PATH has them (chart tests)
+## tools: helm 4, kubectl 1.33 (unless PATH has them) and checkov into .cache/tools (chart tests)
 tools:
-	scripts/install-tools >/dev/null
+	scripts/install-tools --checkov >/dev/null
 
 ## test: lint, then the whole suite (starts its own redis-server on free loopback ports)
 test: $(VENV)/.dev-installed system-packages tools

@@ -633,7 +633,9 @@ def test_single_mode_never_imports_the_celery_app() -> None:
         "app = create_app(Settings(executor='background', store='memory', scheduler='off'))\n"
         "with TestClient(app) as client:\n"
         "    assert client.get('/api/tasks/executors').json()['mode'] == 'single'\n"
-        "    assert 'tasklane_broker_up' in client.get('/metrics').text\n"
+        "    exposed = client.get('/metrics').text\n"
+        "    assert 'tasklane_tasks_submitted_total' in exposed\n"
+        "    assert 'tasklane_broker_up' not in exposed  # no broker to read in single mode\n"
         "loaded = [m for m in ('app.workers.celery_app', 'celery') if m in sys.modules]\n"
         "assert not loaded, loaded\n"
     )

@@ -1,0 +1,366 @@
+{{/*
+Helpers shared by every template. Booleans come back as "true" or "" (include returns strings),
+so callers test them with `if (include ...)`. Numbers from values are float64 after Helm's YAML
+parse: templates pass them through `int` before printing or comparing.
+*/}}
+
+{{/* The chart name, for app.kubernetes.io/name. */}}
+{{- define "tasklane.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/*
+"<release>-tasklane", the prefix of every object name; never collapsed when the release name
+already contains "tasklane", so names stay predictable (kubectl scale deploy/<release>-tasklane-worker).
+Cut to 48 characters: "<fullname>-redis-headless" must still be a 63-character DNS label.
+*/}}
+{{- define "tasklane.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 48 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 48 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* name-version for the helm.sh/chart label. */}}
+{{- define "tasklane.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/*
+Selector labels of one component; these never change between chart versions or modes (a
+Deployment's selector is immutable, and the api Service must keep its pods on upgrade).
+call like: include "tasklane.selectorLabels" (list . "api")
+*/}}
+{{- define "tasklane.selectorLabels" -}}
+{{- $root := index . 0 -}}
+app.kubernetes.io/name: {{ include "tasklane.name" $root }}
+app.kubernetes.io/instance: {{ $root.Release.Name }}
+app.kubernetes.io/component: {{ index . 1 }}
+{{- end -}}
+
+{{/*
+Standard labels of one component's objects.
+call like: include "tasklane.labels" (list . "worker")
+*/}}
+{{- define "tasklane.labels" -}}
+{{- $root := index . 0 -}}
+helm.sh/chart: {{ include "tasklane.chart" $root }}
+{{ include "tasklane.selectorLabels" . }}
+app.kubernetes.io/version: {{ $root.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ $root.Release.Service }}
+app.kubernetes.io/part-of: tasklane
+{{- end -}}
+
+{{/* The app image: repository@digest when a digest is pinned, else repository:tag. */}}
+{{- define "tasklane.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The ServiceAccount every pod of the release runs as. */}}
+{{- define "tasklane.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "tasklane.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Name of the ConfigMap holding the non-secret settings. */}}
+{{- define "tasklane.configMapName" -}}
+{{- printf "%s-config" (include "tasklane.fullname" .) -}}
+{{- end -}}
+
+{{/* Secret and key holding the api bearer token: the user's Secret, else the chart's own. */}}
+{{- define "tasklane.api.tokenSecretName" -}}
+{{- default (printf "%s-api-token" (include "tasklane.fullname" .)) .Values.api.existingTokenSecret -}}
+{{- end -}}
+
+{{- define "tasklane.api.tokenSecretKey" -}}
+{{- if .Values.api.existingTokenSecret -}}{{ .Values.api.existingTokenSecretKey }}{{- else -}}token{{- end -}}
+{{- end -}}
+
+{{/* ---------------------------------------------------------------------------------------
+Mode: which executor and store the api runs with (TASKLANE_EXECUTOR / TASKLANE_STORE).
+--------------------------------------------------------------------------------------- */}}
+
+{{/* "memory" or "redis": store=auto follows the mode (Celery workers need a shared store). */}}
+{{- define "tasklane.store" -}}
+{{- if eq .Values.store "auto" -}}
+{{- ternary "redis" "memory" .Values.celery.enabled -}}
+{{- else -}}
+{{- .Values.store -}}
+{{- end -}}
+{{- end -}}
+
+{{/* "background" in single mode; celery.executor (hybrid by default) in scaled mode. */}}
+{{- define "tasklane.executor" -}}
+{{- if .Values.celery.enabled -}}{{ .Values.celery.executor }}{{- else -}}background{{- end -}}
+{{- end -}}
+
+{{/* ---------------------------------------------------------------------------------------
+Redis: bundled (StatefulSet + generated password) or external (redis.external.url).
+--------------------------------------------------------------------------------------- */}}
+
+{{/* "true" when some process needs Redis: the broker of scaled mode, or the record store. */}}
+{{- define "tasklane.redis.needed" -}}
+{{- if or .Values.celery.enabled (eq (include "tasklane.store" .) "redis") -}}true{{- end -}}
+{{- end -}}
+
+{{/* "true" when the chart runs its own Redis: needed, enabled, and no external URL given. */}}
+{{- define "tasklane.redis.bundled" -}}
+{{- if and (include "tasklane.redis.needed" .) .Values.redis.enabled (not .Values.redis.external.url) -}}true{{- end -}}
+{{- end -}}
+
+{{/* The bundled Redis's Service name: the host in every URL. */}}
+{{- define "tasklane.redis.host" -}}
+{{- printf "%s-redis" (include "tasklane.fullname" .) -}}
+{{- end -}}
+
+{{/* host:port of Redis (KEDA's addressFromEnv); an external URL without a port means 6379. */}}
+{{- define "tasklane.redis.address" -}}
+{{- if .Values.redis.external.url -}}
+{{- $host := (urlParse .Values.redis.external.url).host -}}
+{{- if regexMatch ":[0-9]+$" $host -}}{{ $host }}{{- else -}}{{ printf "%s:6379" $host }}{{- end -}}
+{{- else -}}
+{{- printf "%s:6379" (include "tasklane.redis.host" .) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Database index: the external URL's path ("/3" -> 3), else 0. */}}
+{{- define "tasklane.redis.db" -}}
+{{- if .Values.redis.external.url -}}
+{{- default "0" (trimPrefix "/" (urlParse .Values.redis.external.url).path) -}}
+{{- else -}}0{{- end -}}
+{{- end -}}
+
+{{/* "rediss" (TLS) or "redis". */}}
+{{- define "tasklane.redis.scheme" -}}
+{{- if .Values.redis.external.url -}}{{ (urlParse .Values.redis.external.url).scheme }}{{- else -}}redis{{- end -}}
+{{- end -}}
+
+{{/* ACL user name of an external URL (redis://user@host), else empty. */}}
+{{- define "tasklane.redis.username" -}}
+{{- if .Values.redis.external.url -}}{{ (urlParse .Values.redis.external.url).userinfo }}{{- end -}}
+{{- end -}}
+
+{{/* "true" when Redis wants a password: always for the bundled one, when a Secret is named for an external one. */}}
+{{- define "tasklane.redis.hasPassword" -}}
+{{- if include "tasklane.redis.bundled" . -}}true
+{{- else if .Values.redis.external.existingSecret -}}true
+{{- end -}}
+{{- end -}}
+
+{{/* Secret and key holding the Redis password. */}}
+{{- define "tasklane.redis.secretName" -}}
+{{- if include "tasklane.redis.bundled" . -}}
+{{- default (printf "%s-redis-auth" (include "tasklane.fullname" .)) .Values.redis.auth.existingSecret -}}
+{{- else -}}
+{{- .Values.redis.external.existingSecret -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "tasklane.redis.secretKey" -}}
+{{- if include "tasklane.redis.bundled" . -}}
+{{- if .Values.redis.auth.existingSecret -}}{{ .Values.redis.auth.existingSecretKey }}{{- else -}}password{{- end -}}
+{{- else -}}
+{{- .Values.redis.external.existingSecretKey -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The Redis URL the app reads (REDIS_URL, CELERY_BROKER_URL). The password is the literal text
+$(REDIS_PASSWORD): Kubernetes substitutes the REDIS_PASSWORD variable (a secretKeyRef defined
+earlier in the same env list) when it starts the container, so the value never appears in the
+pod spec, a ConfigMap or `helm get values`.
+*/}}
+{{- define "tasklane.redis.url" -}}
+{{- $user := include "tasklane.redis.username" . -}}
+{{- $auth := "" -}}
+{{- if include "tasklane.redis.hasPassword" . -}}
+{{- $auth = printf "%s:$(REDIS_PASSWORD)@" $user -}}
+{{- else if $user -}}
+{{- $auth = printf "%s@" $user -}}
+{{- end -}}
+{{- printf "%s://%s%s/%s" (include "tasklane.redis.scheme" .) $auth (include "tasklane.redis.address" .) (include "tasklane.redis.db" .) -}}
+{{- end -}}
+
+{{/* ---------------------------------------------------------------------------------------
+Workers: who owns the replica count, how long a pod may take to stop.
+--------------------------------------------------------------------------------------- */}}
+
+{{/*
+"keda", "hpa" or "" (nobody: a fixed count or kubectl scale). KEDA counts only when its
+ScaledObject is actually rendered: the cluster serves keda.sh/v1alpha1 or keda.force is set.
+*/}}
+{{- define "tasklane.worker.autoscaler" -}}
+{{- $a := .Values.celery.worker.autoscaling -}}
+{{- if .Values.celery.enabled -}}
+{{- if and $a.keda.enabled (or $a.keda.force (.Capabilities.APIVersions.Has "keda.sh/v1alpha1")) -}}
+keda
+{{- else if $a.hpa.enabled -}}
+hpa
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* "true" when KEDA may take the pool to zero: the api then queues heavy tasks instead of running them in-process. */}}
+{{- define "tasklane.worker.scalesFromZero" -}}
+{{- if and (eq (include "tasklane.worker.autoscaler" .) "keda") (eq (int .Values.celery.worker.autoscaling.keda.minReplicaCount) 0) -}}true{{- end -}}
+{{- end -}}
+
+{{/*
+Seconds a worker pod gets between SIGTERM and SIGKILL: Celery's warm shutdown lets running
+tasks finish, and a task may run for its timeout plus the 30 s hard-limit margin
+(app/workers/celery_app.py TIME_LIMIT_MARGIN); null means tasks.timeoutSeconds + 60.
+*/}}
+{{- define "tasklane.worker.terminationGracePeriodSeconds" -}}
+{{- /* index, not a field: Helm drops keys whose value is null, and lint --strict would fail on them */ -}}
+{{- $grace := index .Values.celery.worker "terminationGracePeriodSeconds" -}}
+{{- if kindIs "invalid" $grace -}}
+{{- add (int .Values.tasks.timeoutSeconds) 60 -}}
+{{- else -}}
+{{- int $grace -}}
+{{- end -}}
+{{- end -}}
+
+{{/* A KEDA trigger name / formula identifier for a queue: anything but [A-Za-z0-9_] becomes "_". */}}
+{{- define "tasklane.queueIdentifier" -}}
+{{- regexReplaceAll "[^A-Za-z0-9_]" . "_" -}}
+{{- end -}}
+
+{{/* ---------------------------------------------------------------------------------------
+Pods: env, checksums, shared volumes.
+--------------------------------------------------------------------------------------- */}}
+
+{{/*
+The env list of an app container (api, worker or beat), after envFrom the ConfigMap. Only
+references to Secrets and URLs built from them live here; every plain setting is in the
+ConfigMap. REDIS_PASSWORD comes first: $(VAR) expands only from entries defined before it.
+call like: include "tasklane.env" (list . "worker")
+*/}}
+{{- define "tasklane.env" -}}
+{{- $root := index . 0 -}}
+{{- $component := index . 1 -}}
+{{- if include "tasklane.redis.needed" $root }}
+{{- if include "tasklane.redis.hasPassword" $root }}
+- name: REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "tasklane.redis.secretName" $root }}
+      key: {{ include "tasklane.redis.secretKey" $root }}
+{{- end }}
+- name: REDIS_URL
+  value: {{ include "tasklane.redis.url" $root | quote }}
+{{- if $root.Values.celery.enabled }}
+- name: CELERY_BROKER_URL
+  value: {{ include "tasklane.redis.url" $root | quote }}
+{{- end }}
+{{- end }}
+{{- if eq $component "api" }}
+- name: TASKLANE_API_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "tasklane.api.tokenSecretName" $root }}
+      key: {{ include "tasklane.api.tokenSecretKey" $root }}
+{{- end }}
+{{- if eq $component "worker" }}
+- name: TASKLANE_WORKER_METRICS_PORT
+  value: {{ int $root.Values.celery.worker.metricsPort | quote }}
+# Read by KEDA, not by the app: the ScaledObject's triggers take Redis's host:port from this
+# container (addressFromEnv + envSourceContainerName), so the address is written down once.
+- name: REDIS_ADDRESS
+  value: {{ include "tasklane.redis.address" $root | quote }}
+{{- end }}
+{{- with $root.Values.env }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/*
+Pod annotations that roll the pods when their settings or secrets change.
+call like: include "tasklane.checksums" .
+*/}}
+{{- define "tasklane.checksums" -}}
+checksum/config: {{ include (print .Template.BasePath "/configmap.yaml") . | sha256sum }}
+checksum/secret: {{ print (include (print .Template.BasePath "/api-token-secret.yaml") .) (include (print .Template.BasePath "/redis-secret.yaml") .) | sha256sum }}
+{{- end -}}
+
+{{/*
+Volumes of an app pod: the root file system is read-only, so /tmp is an emptyDir, and the
+prometheus-client multiprocess directory is one of its own so it exists before the app starts.
+*/}}
+{{- define "tasklane.appVolumes" -}}
+- name: tmp
+  emptyDir: {}
+- name: metrics
+  emptyDir: {}
+{{- end -}}
+
+{{- define "tasklane.appVolumeMounts" -}}
+- name: tmp
+  mountPath: /tmp
+- name: metrics
+  mountPath: /tmp/tasklane-metrics
+{{- end -}}
+
+{{/* ---------------------------------------------------------------------------------------
+Validation: combinations that cannot work fail the render with the value to change.
+Included once from configmap.yaml, which every release renders.
+--------------------------------------------------------------------------------------- */}}
+{{- define "tasklane.validate" -}}
+{{- $store := include "tasklane.store" . -}}
+{{- $autoscaling := .Values.celery.worker.autoscaling -}}
+{{- if and $autoscaling.keda.enabled $autoscaling.hpa.enabled -}}
+{{- fail "celery.worker.autoscaling: keda.enabled and hpa.enabled are both true, and two autoscalers would fight over the worker replicas. Use one: --set celery.worker.autoscaling.keda.enabled=false for the CPU HPA, or leave hpa.enabled=false for KEDA." -}}
+{{- end -}}
+{{- if and (eq $store "memory") (gt (int .Values.api.replicas) 1) -}}
+{{- fail (printf "api.replicas=%d needs a shared store: with store=memory every api pod keeps its own task records, so a status request can reach a pod that never saw the task. Set store=redis (or celery.enabled=true), or api.replicas=1." (int .Values.api.replicas)) -}}
+{{- end -}}
+{{- if and (eq $store "memory") (gt (int .Values.api.workers) 1) -}}
+{{- fail (printf "api.workers=%d needs a shared store: with store=memory every uvicorn process keeps its own task records. Set store=redis (or celery.enabled=true), or api.workers=1." (int .Values.api.workers)) -}}
+{{- end -}}
+{{- if and .Values.celery.enabled (eq $store "memory") -}}
+{{- fail "celery.enabled=true with store=memory: Celery workers cannot see the api's in-memory records. Use store=auto or store=redis." -}}
+{{- end -}}
+{{- if and (include "tasklane.redis.needed" .) (not .Values.redis.enabled) (not .Values.redis.external.url) -}}
+{{- fail "Redis is needed (celery.enabled=true or store=redis) but redis.enabled=false and redis.external.url is empty: enable the bundled Redis or set redis.external.url." -}}
+{{- end -}}
+{{- if .Values.redis.external.url -}}
+{{- $url := urlParse .Values.redis.external.url -}}
+{{- if contains ":" $url.userinfo -}}
+{{- fail "redis.external.url must not contain a password (it would be written into pod specs): put it in a Secret and set redis.external.existingSecret." -}}
+{{- end -}}
+{{- end -}}
+{{- if ge (int .Values.api.shutdownGraceSeconds) (int .Values.api.terminationGracePeriodSeconds) -}}
+{{- fail (printf "api.shutdownGraceSeconds=%d must be below api.terminationGracePeriodSeconds=%d, or the kubelet kills the api before it marks unfinished tasks Interrupted." (int .Values.api.shutdownGraceSeconds) (int .Values.api.terminationGracePeriodSeconds)) -}}
+{{- end -}}
+{{- if .Values.celery.enabled -}}
+{{- $grace := int (include "tasklane.worker.terminationGracePeriodSeconds" .) -}}
+{{- $needed := add (int .Values.tasks.timeoutSeconds) 30 -}}
+{{- if lt $grace $needed -}}
+{{- fail (printf "celery.worker.terminationGracePeriodSeconds=%d is too short: a task may run tasks.timeoutSeconds=%d plus Celery's 30 s hard-limit margin, so workers need at least %d s to finish on SIGTERM." $grace (int .Values.tasks.timeoutSeconds) $needed) -}}
+{{- end -}}
+{{- $autoscaler := include "tasklane.worker.autoscaler" . -}}
+{{- if eq $autoscaler "keda" -}}
+{{- if le (int $autoscaling.keda.cooldownPeriod) $grace -}}
+{{- fail (printf "celery.worker.autoscaling.keda.cooldownPeriod=%d must exceed the worker termination grace period (%d s): scaling to zero sooner could stop a worker that is still finishing its last task." (int $autoscaling.keda.cooldownPeriod) $grace) -}}
+{{- end -}}
+{{- if gt (int $autoscaling.keda.minReplicaCount) (int $autoscaling.keda.maxReplicaCount) -}}
+{{- fail "celery.worker.autoscaling.keda.minReplicaCount must not exceed maxReplicaCount." -}}
+{{- end -}}
+{{- end -}}
+{{- if eq $autoscaler "hpa" -}}
+{{- if gt (int $autoscaling.hpa.minReplicas) (int $autoscaling.hpa.maxReplicas) -}}
+{{- fail "celery.worker.autoscaling.hpa.minReplicas must not exceed maxReplicas." -}}
+{{- end -}}
+{{- if not (dig "requests" "cpu" "" .Values.celery.worker.resources) -}}
+{{- fail "celery.worker.autoscaling.hpa needs celery.worker.resources.requests.cpu: CPU utilization is measured against the request." -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
