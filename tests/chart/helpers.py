@@ -3,7 +3,7 @@
 In the spirit of apache/airflow's chart tests: `render_chart(values)` writes the values to a
 file, runs helm, drops empty documents and checks each object against its schema before a test
 sees it: Kubernetes kinds with kubernetes-validate (strict, Kubernetes 1.33), KEDA and
-Prometheus-Operator kinds with the openAPIV3Schema of their CRDs in ../shared/crds. A kind
+Prometheus-Operator kinds with the openAPIV3Schema of their CRDs in tests/chart/crds. A kind
 with neither schema fails the render instead of passing unchecked.
 """
 
@@ -26,9 +26,11 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 CHART_DIR = REPO / "charts" / "tasklane"
 CI_VALUES_DIR = CHART_DIR / "ci"
-#: The CRDs of the custom kinds the chart renders; shared/ sits beside the repository (also in
-#: CI's fresh clone). TASKLANE_CRDS_DIR overrides it.
-CRDS_DIR = Path(os.environ.get("TASKLANE_CRDS_DIR", REPO.parent / "shared" / "crds"))
+#: The CRDs of the custom kinds the chart renders, vendored from ../shared/crds (a clean clone
+#: has no folder beside it). TASKLANE_CRDS_DIR overrides it.
+CRDS_DIR = Path(os.environ.get("TASKLANE_CRDS_DIR", REPO / "tests" / "chart" / "crds"))
+#: Where the project keeps the originals, when this checkout sits beside it.
+SHARED_CRDS_DIR = REPO.parent / "shared" / "crds"
 #: The Kubernetes version the chart is verified against (kubernetes-validate ships 1.25-1.37).
 KUBERNETES_VERSION = "1.33.0"
 KEDA_API = "keda.sh/v1alpha1"

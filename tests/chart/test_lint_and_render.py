@@ -48,6 +48,8 @@ EXPECTED_KINDS: dict[str, set[str]] = {
         "NetworkPolicy",
         "ScaledObject",
         "TriggerAuthentication",
+        "Role",
+        "RoleBinding",
     },
     "scaled-hpa": {
         "ServiceAccount",
@@ -58,6 +60,8 @@ EXPECTED_KINDS: dict[str, set[str]] = {
         "StatefulSet",
         "PodDisruptionBudget",
         "HorizontalPodAutoscaler",
+        "Role",
+        "RoleBinding",
     },
     "scaled-external-redis": {
         "ServiceAccount",
@@ -65,6 +69,8 @@ EXPECTED_KINDS: dict[str, set[str]] = {
         "Service",
         "Deployment",
         "PodDisruptionBudget",
+        "Role",
+        "RoleBinding",
     },
     "monitoring": {
         "ServiceAccount",
@@ -79,6 +85,8 @@ EXPECTED_KINDS: dict[str, set[str]] = {
         "ServiceMonitor",
         "PodMonitor",
         "PrometheusRule",
+        "Role",
+        "RoleBinding",
     },
 }
 

@@ -107,6 +107,8 @@ class TestScaledMode:
             "Secret/tl-tasklane-redis-auth",
             "ScaledObject/tl-tasklane-worker",
             "TriggerAuthentication/tl-tasklane-redis",
+            "Role/tl-tasklane-api",
+            "RoleBinding/tl-tasklane-api",
         }
 
     def test_force_renders_the_scaledobject_without_the_keda_api(self) -> None:

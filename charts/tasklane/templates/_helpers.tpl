@@ -261,6 +261,12 @@ call like: include "tasklane.env" (list . "worker")
   value: {{ include "tasklane.redis.url" $root | quote }}
 {{- end }}
 {{- end }}
+{{- if and (eq $component "api") (include "tasklane.api.watchesKubernetes" $root) }}
+# The api follows this Deployment (and the ScaledObject targeting it) with the Role below;
+# TASKLANE_KUBERNETES stays auto: on inside a cluster, off when the container runs elsewhere.
+- name: TASKLANE_WORKER_DEPLOYMENT
+  value: {{ printf "%s-worker" (include "tasklane.fullname" $root) | quote }}
+{{- end }}
 {{- if eq $component "api" }}
 - name: TASKLANE_API_TOKEN
   valueFrom:
@@ -363,4 +369,12 @@ Included once from configmap.yaml, which every release renders.
 {{- end -}}
 {{- end -}}
 {{- end -}}
+{{- end -}}
+
+{{/*
+Does the api watch the worker Deployment / ScaledObject (scaled mode with rbac.create)?
+call like: include "tasklane.api.watchesKubernetes" .  ("true" or "")
+*/}}
+{{- define "tasklane.api.watchesKubernetes" -}}
+{{- if and .Values.celery.enabled .Values.rbac.create -}}true{{- end -}}
 {{- end -}}
