@@ -4,13 +4,17 @@ tasklane serve [--host 127.0.0.1] [--port 8000] [--workers 1] [--log-level info]
 tasklane worker [--queues light,heavy] [--concurrency N] [--hostname NAME] [--loglevel info]
                 [--pool prefork] [--metrics-port 9464]
 tasklane beat [--schedule PATH] [--loglevel info]
-tasklane status --worker [--hostname NAME]
+tasklane status [--json] [--failures N]      (the deployment at a glance, from Redis)
+tasklane status --worker [--hostname NAME]   (the worker pod's liveness probe)
+tasklane scale --replicas N | --resume [--release R | --deployment NAME] [--namespace NS]
+               [--kubeconfig PATH]
 
 worker and beat exec `celery -A app.workers.celery_app worker|beat ...` (the guide's commands):
 exec, not a child process, so Celery is PID 1 in a container and receives SIGTERM itself for
 its warm shutdown. serve and worker prepare PROMETHEUS_MULTIPROC_DIR first (wiped, or created
 when several processes will write and it is unset), so one endpoint per pod counts every
 process (app/core/metrics_dir.py). `status --worker` is the worker pod's liveness probe.
+The logic of `status` (report) and `scale` lives in app/status.py and app/scale.py.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
+from app import scale as scale_command
 from app.config import Settings
 from app.core.metrics_dir import ensure_multiprocess_dir_exists, use_multiprocess_dir
 
@@ -102,18 +107,36 @@ def build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser(
         "status",
         help="report on the deployment (--worker: liveness of this host's Celery worker)",
-        description="--worker exits 0 while this host's worker heartbeat is fresh (or Redis "
+        description="Without --worker: live workers, queues, each task's route now and recent "
+        "failures, read from Redis (exit 2 when Redis is not configured or unreachable). "
+        "--worker exits 0 while this host's worker heartbeat is fresh (or Redis "
         "cannot be read), 1 when it is stale or missing: the worker pod's liveness probe.",
     )
     status.add_argument(
         "--worker",
         action="store_true",
-        required=True,
         help="judge this host's Celery worker by its heartbeat",
     )
     status.add_argument(
         "--hostname", default=None, help="worker node name (default: celery@<this host>)"
     )
+    status.add_argument("--json", action="store_true", help="the report as JSON")
+    status.add_argument(
+        "--failures",
+        type=_positive,
+        default=10,
+        help="how many recent FAILURE records to show (default 10)",
+    )
+
+    scale = commands.add_parser(
+        "scale",
+        help="set the worker pool's size (pauses KEDA when a ScaledObject owns it)",
+        description="With a KEDA ScaledObject on the worker Deployment, set (--replicas) or "
+        "remove (--resume) its autoscaling.keda.sh/paused-replicas annotation; without one, "
+        "scale the Deployment. Exit: 0 done, 1 API error, 2 usage/configuration, 3 Deployment "
+        "not found, 4 forbidden, 5 unreachable, 6 --resume without a ScaledObject.",
+    )
+    scale_command.add_arguments(scale)
     return parser
 
 
@@ -140,7 +163,9 @@ def main(argv: list[str] | None = None, *, exec_function: ExecFunction = os.exec
     if args.command in ("worker", "beat"):
         return celery(args, exec_function)
     if args.command == "status":
-        return worker_status(args.hostname)
+        return status(args)
+    if args.command == "scale":
+        return scale_command.run(args)
     raise AssertionError(f"unhandled command {args.command!r}")  # argparse refuses the rest
 
 
@@ -209,6 +234,21 @@ def celery(args: argparse.Namespace, exec_function: ExecFunction) -> int:
         print(f"tasklane {args.command}: cannot run {command[0]}: {exc}", file=sys.stderr)
         return 127
     return 0  # reached only when exec_function is a test's recorder
+
+
+def status(args: argparse.Namespace) -> int:
+    """`status --worker`: the liveness verdict; plain `status`: the report (app/status.py)."""
+    if args.worker:
+        if args.json:
+            print("tasklane status: --json goes with the report, not --worker", file=sys.stderr)
+            return 2
+        return worker_status(args.hostname)
+    if args.hostname is not None:
+        print("tasklane status: --hostname goes with --worker", file=sys.stderr)
+        return 2
+    from app import status as status_report
+
+    return status_report.run(as_json=args.json, failures=args.failures)
 
 
 def worker_status(hostname: str | None) -> int:

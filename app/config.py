@@ -7,7 +7,9 @@ runs the embedded default: in-process executor, in-memory store, no service need
 
 from __future__ import annotations
 
+import os
 from functools import cached_property
+from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
@@ -20,6 +22,9 @@ GUIDE_HEAVY_TASKS = frozenset(
     {"process_speak_audio", "calculate_all_ratings", "sync_impressions_from_redis"}
 )
 StoreKind = Literal["memory", "redis"]
+
+#: Where a pod's service account namespace is mounted (the in-cluster default namespace).
+SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 
 def _alias(name: str) -> AliasChoices:
@@ -99,6 +104,18 @@ class Settings(BaseSettings):
     #: Address that endpoint binds (all interfaces in a pod; 127.0.0.1 locally if preferred).
     worker_metrics_host: str = "0.0.0.0"
 
+    # -- Kubernetes awareness (app/core/kubernetes) ---------------------------------------------
+    #: Follow the worker Deployment and its KEDA ScaledObject from the api: "auto" = on inside a
+    #: cluster (KUBERNETES_SERVICE_HOST set) when TASKLANE_WORKER_DEPLOYMENT names the pool.
+    kubernetes: Literal["auto", "on", "off"] = "auto"
+    #: Namespace of the worker Deployment; default: the pod's service-account namespace, else
+    #: "default".
+    namespace: str | None = Field(default=None, min_length=1)
+    #: The worker Deployment (the chart sets `<release>-tasklane-worker`).
+    worker_deployment: str | None = Field(default=None, min_length=1)
+    #: The KEDA ScaledObject that scales it; default: the Deployment's name.
+    scaled_object: str | None = Field(default=None, min_length=1)
+
     log_format: Literal["text", "json"] = "text"
     log_level: str = "INFO"
 
@@ -148,6 +165,31 @@ class Settings(BaseSettings):
             return self.scheduler == "on"
         return self.resolved_executor == "background"
 
+    @cached_property
+    def kubernetes_enabled(self) -> bool:
+        """Should the api follow the worker Deployment? "auto": in a cluster, with a name."""
+        if self.kubernetes == "off":
+            return False
+        if self.kubernetes == "on":
+            return True
+        return bool(os.environ.get("KUBERNETES_SERVICE_HOST")) and bool(self.worker_deployment)
+
+    @cached_property
+    def resolved_namespace(self) -> str:
+        """TASKLANE_NAMESPACE, else the mounted service-account namespace, else "default"."""
+        if self.namespace:
+            return self.namespace
+        try:
+            mounted = SERVICE_ACCOUNT_NAMESPACE.read_text().strip()
+        except OSError:
+            mounted = ""
+        return mounted or "default"
+
+    @cached_property
+    def resolved_scaled_object(self) -> str | None:
+        """The ScaledObject to follow: TASKLANE_SCALED_OBJECT, else the Deployment's name."""
+        return self.scaled_object or self.worker_deployment
+
     def check(self) -> None:
         """Fail fast on combinations that cannot work, naming the variable to fix."""
         if self.resolved_store == "redis" and not self.store_redis_url:
@@ -160,4 +202,8 @@ class Settings(BaseSettings):
             raise ValueError(
                 "Celery workers cannot see an in-memory store: "
                 "set REDIS_URL or TASKLANE_STORE=redis"
+            )
+        if self.kubernetes == "on" and not self.worker_deployment:
+            raise ValueError(
+                "TASKLANE_KUBERNETES=on needs TASKLANE_WORKER_DEPLOYMENT (the worker Deployment)"
             )

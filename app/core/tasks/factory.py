@@ -48,7 +48,8 @@ def build_executor(
     settings: Settings, *, store: ResultStore, registry: TaskRegistry, hooks: TaskHooks
 ) -> Executor:
     """The executor TASKLANE_EXECUTOR names: background; celery alone (a task the broker
-    cannot take fails with 503); or hybrid (background + celery + a WorkerMonitor)."""
+    cannot take fails with 503); or hybrid (background + celery + a WorkerMonitor, which follows
+    the worker Deployment when Kubernetes awareness is on)."""
     background = BackgroundTasksExecutor(
         store, registry=registry, hooks=hooks, concurrency=settings.concurrency
     )
@@ -56,6 +57,7 @@ def build_executor(
     if kind == "background":
         return background
     # Imported here so single mode never loads Celery's app module (nor its configuration).
+    from app.core.kubernetes.client import watcher_from_settings
     from app.core.tasks.executors.celery import CeleryExecutor
     from app.core.tasks.executors.hybrid import HybridExecutor
     from app.core.tasks.monitor import WorkerMonitor
@@ -90,6 +92,8 @@ def build_executor(
         interval=settings.monitor_interval,
         scale_from_zero=settings.scale_from_zero,
         queues=queues.queues(registry),
+        # In a cluster: the worker Deployment and its ScaledObject (TASKLANE_KUBERNETES).
+        kubernetes=watcher_from_settings(settings),
     )
     return HybridExecutor(
         background,

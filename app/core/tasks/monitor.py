@@ -15,6 +15,14 @@ older than LIVENESS_FACTOR heartbeat intervals stops counting at that moment, ev
 unreachable and the snapshot cannot be refreshed (a dead pool is noticed within 15 s by default,
 a new worker within one interval). Worker and api clocks are compared, so hosts need NTP.
 Never uses Celery's control.ping(): a broadcast per question is what this replaces.
+
+In a cluster, an optional KubeWatcher (app/core/kubernetes) adds what heartbeats cannot say in
+time: a worker Deployment held at zero (`kubectl scale --replicas=0`, or KEDA paused at 0) stops
+counting its pods' workers at once, while their heartbeats are still fresh; and scale-from-zero
+comes from the ScaledObject (minReplicaCount 0, not paused) instead of TASKLANE_SCALE_FROM_ZERO,
+which stays the fallback while the watcher has no data. Heartbeats still decide who consumes a
+queue: a Deployment with replicas but no live heartbeat serves nothing (unless scale-from-zero).
+The watcher's view is read like the snapshot, from memory, on the request path.
 """
 
 from __future__ import annotations
@@ -25,12 +33,17 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 from redis.exceptions import RedisError
 
+from app.core.kubernetes.state import pod_matcher, runs_in
 from app.core.redis_client import LoopLocalRedis
 from app.core.tasks import metrics
 from app.core.tasks.worker_keys import LIVENESS_FACTOR, WorkerKeys, queue_lists
+
+if TYPE_CHECKING:
+    from app.core.kubernetes.watch import KubeWatcher
 
 log = logging.getLogger("tasklane.monitor")
 
@@ -104,6 +117,7 @@ class WorkerMonitor:
         scale_from_zero: bool = False,
         queues: Iterable[str] = ("light", "heavy"),
         broker_url: str | None = None,
+        kubernetes: KubeWatcher | None = None,
     ) -> None:
         self.redis_url = redis_url
         #: Where the queue lists live, when not in the same Redis as the worker keys.
@@ -111,7 +125,12 @@ class WorkerMonitor:
         self.keys = WorkerKeys(prefix)
         self.heartbeat_interval = heartbeat_interval
         self.interval = interval
+        #: TASKLANE_SCALE_FROM_ZERO: the answer while Kubernetes says nothing about KEDA.
         self.scale_from_zero = scale_from_zero
+        #: The worker Deployment and ScaledObject, when the api follows them (else None).
+        self.kubernetes = kubernetes
+        # Tells that Deployment's pods (celery@<deployment>-<hash>-<id>) from other workers.
+        self._pods = pod_matcher(kubernetes.view.deployment_name) if kubernetes else None
         self.liveness = LIVENESS_FACTOR * heartbeat_interval
         # One read must not outlast the next tick, nor hang on a black-holed host.
         self.io_timeout = min(max(interval, 0.5), max(heartbeat_interval, 0.5))
@@ -144,13 +163,37 @@ class WorkerMonitor:
         return self._snapshot.broker_up
 
     def live_workers(self, queue: str) -> int:
-        """Workers whose heartbeat is fresh and that consume `queue`."""
-        return self._snapshot.live_workers(queue, time.time())
+        """Workers whose heartbeat is fresh and that consume `queue` (not counting the pods
+        of a worker Deployment held at zero: they are draining)."""
+        return sum(1 for worker in self._serving(time.time()) if queue in worker.queues)
 
     def can_serve(self, queue: str) -> bool:
         """Will a task sent to `queue` be taken? A live worker consumes it, or autoscaling
-        from zero is configured (an empty pool is then not an outage)."""
-        return self.scale_from_zero or self.live_workers(queue) > 0
+        from zero applies (an empty pool is then not an outage); never while the worker
+        Deployment is held at zero, unless a worker outside it consumes the queue."""
+        if self.held_at_zero():
+            return self.live_workers(queue) > 0
+        return self.autoscales_from_zero() or self.live_workers(queue) > 0
+
+    def held_at_zero(self) -> bool:
+        """Does Kubernetes say the worker Deployment is held at zero replicas right now?"""
+        return self.kubernetes is not None and self.kubernetes.view.held_at_zero(
+            self.scale_from_zero
+        )
+
+    def autoscales_from_zero(self) -> bool:
+        """Scale-from-zero as the ScaledObject says it, else TASKLANE_SCALE_FROM_ZERO."""
+        if self.kubernetes is not None:
+            from_objects = self.kubernetes.view.scale_from_zero()
+            if from_objects is not None:
+                return from_objects
+        return self.scale_from_zero
+
+    def _serving(self, now: float) -> tuple[WorkerInfo, ...]:
+        live = self._snapshot.live(now)
+        if self._pods is None or not self.held_at_zero():
+            return live
+        return tuple(worker for worker in live if not runs_in(worker.hostname, self._pods))
 
     def describe(self) -> dict[str, object]:
         snapshot, now = self._snapshot, time.time()
@@ -158,13 +201,14 @@ class WorkerMonitor:
         return {
             "broker_up": snapshot.broker_up,
             "worker_keys_readable": snapshot.workers_fresh,
-            "scale_from_zero": self.scale_from_zero,
-            "workers": {queue: snapshot.live_workers(queue, now) for queue in queues},
+            "scale_from_zero": self.autoscales_from_zero(),
+            "workers": {queue: self.live_workers(queue) for queue in queues},
             "concurrency": {queue: snapshot.concurrency(queue, now) for queue in queues},
             "queue_lengths": dict(snapshot.queue_lengths),
             "active": dict(snapshot.active),
             "live_workers": sorted(worker.hostname for worker in snapshot.live(now)),
             "snapshot_age_s": round(now - snapshot.taken_at, 3) if snapshot.taken_at else None,
+            "kubernetes": self.kubernetes.describe() if self.kubernetes else {"enabled": False},
         }
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -174,6 +218,8 @@ class WorkerMonitor:
         loop = asyncio.get_running_loop()
         if self._task is not None and not self._task.done() and self._task.get_loop() is loop:
             return
+        if self.kubernetes is not None:
+            self.kubernetes.start()  # its own threads; returns at once
         await self.refresh()
         self._task = loop.create_task(self._poll(), name="tasklane-worker-monitor")
 
@@ -185,6 +231,9 @@ class WorkerMonitor:
                 # Bounded: one read is bounded by io_timeout, so this only guards against a
                 # cancel lost inside a client library.
                 await asyncio.wait([task], timeout=self.io_timeout + 1)
+        if self.kubernetes is not None:
+            # Joins the watcher threads (their streams are shut down first): off the loop.
+            await asyncio.to_thread(self.kubernetes.stop)
         await self._workers_redis.close()
         await self._queues_redis.close()
 
@@ -294,7 +343,7 @@ class WorkerMonitor:
     def _export(self, snapshot: WorkerSnapshot, now: float) -> None:
         metrics.set_broker_up(snapshot.broker_up)
         for queue in sorted(self.watched | set(snapshot.queues())):
-            metrics.WORKERS_AVAILABLE.labels(queue=queue).set(snapshot.live_workers(queue, now))
+            metrics.WORKERS_AVAILABLE.labels(queue=queue).set(self.live_workers(queue))
             if queue in snapshot.queue_lengths:
                 metrics.QUEUE_LENGTH.labels(queue=queue).set(snapshot.queue_lengths[queue])
 

@@ -1,0 +1,35 @@
+"""Kubernetes awareness: the api follows the worker Deployment and its KEDA ScaledObject
+(watch.py) so routing sees `kubectl scale --replicas=0` at once and learns scale-from-zero from
+the ScaledObject (state.py); `tasklane scale` pauses or scales the pool (scaling.py).
+
+Optional and off outside a cluster (TASKLANE_KUBERNETES=auto|on|off). Nothing here imports the
+`kubernetes` package at module load, so single mode and workers never pay for it.
+"""
+
+from __future__ import annotations
+
+from app.core.kubernetes.client import (
+    Connection,
+    KubeConfigError,
+    load_connection,
+    watcher_from_settings,
+)
+from app.core.kubernetes.state import (
+    PAUSED,
+    PAUSED_REPLICAS,
+    DeploymentState,
+    KubeView,
+    ScaledObjectState,
+)
+
+__all__ = [
+    "PAUSED",
+    "PAUSED_REPLICAS",
+    "Connection",
+    "DeploymentState",
+    "KubeConfigError",
+    "KubeView",
+    "ScaledObjectState",
+    "load_connection",
+    "watcher_from_settings",
+]

@@ -1,0 +1,280 @@
+"""Scale or pause the worker pool the way its owner expects (`tasklane scale`).
+
+Who owns the replica count decides how to change it (DESIGN.md §6): with a KEDA ScaledObject
+targeting the worker Deployment, a `kubectl scale` is undone at KEDA's next poll, so the pool is
+paused with the `autoscaling.keda.sh/paused-replicas` annotation (KEDA then holds that count and
+stops autoscaling) and resumed by removing it; without one, the Deployment's scale subresource is
+patched, as `kubectl scale` does. The chart omits spec.replicas, so a later `helm upgrade` keeps
+the count either way.
+
+Every failure is a ScaleError carrying the exit status `tasklane scale` returns (EXIT_*), with a
+message that says what to do.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import HTTPError
+
+from app.core.kubernetes.client import api_message, innermost
+from app.core.kubernetes.state import (
+    KEDA_GROUP,
+    KEDA_PLURAL,
+    KEDA_VERSION,
+    PAUSED,
+    PAUSED_REPLICAS,
+    DeploymentState,
+    ScaledObjectState,
+)
+
+if TYPE_CHECKING:
+    from kubernetes.client import ApiClient
+
+EXIT_OK = 0
+#: The API refused the change for another reason (5xx, conflict, invalid).
+EXIT_API_ERROR = 1
+#: Bad arguments or no usable configuration (also argparse's status).
+EXIT_USAGE = 2
+#: The worker Deployment does not exist in the namespace.
+EXIT_NOT_FOUND = 3
+#: RBAC denied a read or the change (403).
+EXIT_FORBIDDEN = 4
+#: The API server cannot be reached (refused, timed out, DNS).
+EXIT_UNREACHABLE = 5
+#: --resume, but no ScaledObject targets the Deployment: nothing is paused.
+EXIT_NOTHING_TO_RESUME = 6
+
+
+class ScaleError(Exception):
+    """`tasklane scale` cannot do what was asked; `exit_code` says which failure it is."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ScaleOutcome:
+    """What changed, for the command's output."""
+
+    namespace: str
+    deployment: DeploymentState
+    #: The ScaledObject that owns the count (None: the Deployment was scaled directly).
+    scaled_object: ScaledObjectState | None
+    #: The requested count (None: --resume).
+    replicas: int | None
+    #: The pause annotation before the change (KEDA path).
+    paused_before: int | None = None
+
+    def lines(self) -> list[str]:
+        dep, so = self.deployment, self.scaled_object
+        where = f"namespace {self.namespace}"
+        if so is None:
+            return [
+                f"Deployment {dep.name} ({where}): replicas {dep.replicas} -> {self.replicas}.",
+                "No KEDA ScaledObject targets it, so the scale subresource was patched "
+                "(as `kubectl scale` does); a helm upgrade keeps this count.",
+            ]
+        owner = f"ScaledObject {so.name} (KEDA) scales Deployment {dep.name} ({where})"
+        if self.replicas is None:
+            if self.paused_before is None and not so.paused:
+                return [f"{owner}: it was not paused; nothing changed."]
+            return [
+                f"{owner}: removed {PAUSED_REPLICAS}"
+                + (f" (was {self.paused_before})" if self.paused_before is not None else "")
+                + (f" and {PAUSED}" if so.paused else "")
+                + ".",
+                f"KEDA autoscales it again between {so.min_replicas} and {so.max_replicas} "
+                f"replicas (now {dep.replicas}).",
+            ]
+        return [
+            f"{owner}: set {PAUSED_REPLICAS}={self.replicas}"
+            + (f" (was {self.paused_before})" if self.paused_before is not None else "")
+            + ".",
+            f"KEDA now holds the Deployment at {self.replicas} replicas (now {dep.replicas}) and "
+            "stops autoscaling until `tasklane scale --resume`; a plain `kubectl scale` would be "
+            "undone by KEDA, this annotation is how to pause it.",
+        ]
+
+
+class WorkerScaler:
+    """Scales (or pauses / resumes) one worker Deployment through the Kubernetes API."""
+
+    def __init__(
+        self,
+        api_client: ApiClient,
+        *,
+        namespace: str,
+        deployment: str,
+        scaled_object: str | None = None,
+        request_timeout: float = 10.0,
+    ) -> None:
+        from kubernetes.client import AppsV1Api, CustomObjectsApi
+
+        self.apps = AppsV1Api(api_client)
+        self.custom = CustomObjectsApi(api_client)
+        self.host = api_client.configuration.host
+        self.namespace = namespace
+        self.deployment = deployment
+        self.scaled_object = scaled_object or deployment
+        self.timeout = (request_timeout, request_timeout)
+
+    def scale(self, replicas: int) -> ScaleOutcome:
+        """Pause KEDA at `replicas`, or scale the Deployment to it. Raises ScaleError."""
+        deployment = self.read_deployment()
+        found = self.find_scaled_object()
+        if found is None:
+            self._call(
+                "patch deployments/scale",
+                self.apps.patch_namespaced_deployment_scale,
+                self.deployment,
+                self.namespace,
+                {"spec": {"replicas": replicas}},
+            )
+            return ScaleOutcome(
+                namespace=self.namespace,
+                deployment=deployment,
+                scaled_object=None,
+                replicas=replicas,
+            )
+        self._annotate(found.name, {PAUSED_REPLICAS: str(replicas)})
+        return ScaleOutcome(
+            namespace=self.namespace,
+            deployment=deployment,
+            scaled_object=found,
+            replicas=replicas,
+            paused_before=found.paused_replicas,
+        )
+
+    def resume(self) -> ScaleOutcome:
+        """Let KEDA autoscale again (remove both pause annotations). Raises ScaleError, with
+        EXIT_NOTHING_TO_RESUME when no ScaledObject targets the Deployment."""
+        deployment = self.read_deployment()
+        found = self.find_scaled_object()
+        if found is None:
+            raise ScaleError(
+                f"--resume: no KEDA ScaledObject targets Deployment {self.deployment} in "
+                f"namespace {self.namespace}, so nothing is paused (KEDA is off for this "
+                "release); set a count with --replicas N instead",
+                EXIT_NOTHING_TO_RESUME,
+            )
+        if found.paused_replicas is not None or found.paused:
+            self._annotate(found.name, {PAUSED_REPLICAS: None, PAUSED: None})
+        return ScaleOutcome(
+            namespace=self.namespace,
+            deployment=deployment,
+            scaled_object=found,
+            replicas=None,
+            paused_before=found.paused_replicas,
+        )
+
+    # -- reads -----------------------------------------------------------------------------------
+
+    def read_deployment(self) -> DeploymentState:
+        """The worker Deployment. Raises ScaleError (EXIT_NOT_FOUND when it does not exist)."""
+        try:
+            body = self._call(
+                "get deployments",
+                self.apps.read_namespaced_deployment,
+                self.deployment,
+                self.namespace,
+            )
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            raise ScaleError(
+                f"Deployment {self.deployment} not found in namespace {self.namespace}: check "
+                "the release name (the worker Deployment is <release>-tasklane-worker and exists "
+                "only with celery.enabled=true) and --namespace",
+                EXIT_NOT_FOUND,
+            ) from None
+        return DeploymentState.from_json(body)
+
+    def find_scaled_object(self) -> ScaledObjectState | None:
+        """The ScaledObject that targets the Deployment: the one by its expected name, else any
+        in the namespace whose scaleTargetRef names it. None: none, or KEDA not installed."""
+        try:
+            body = self._call(
+                "get scaledobjects",
+                self.custom.get_namespaced_custom_object,
+                KEDA_GROUP,
+                KEDA_VERSION,
+                self.namespace,
+                KEDA_PLURAL,
+                self.scaled_object,
+            )
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+        else:
+            named = ScaledObjectState.from_json(body)
+            if named.targets(self.deployment):
+                return named
+        try:
+            listed = self._call(
+                "list scaledobjects",
+                self.custom.list_namespaced_custom_object,
+                KEDA_GROUP,
+                KEDA_VERSION,
+                self.namespace,
+                KEDA_PLURAL,
+            )
+        except ApiException as exc:
+            if exc.status == 404:  # the keda.sh API is not served: no KEDA in this cluster
+                return None
+            raise
+        for item in listed.get("items") or ():
+            candidate = ScaledObjectState.from_json(item)
+            if candidate.targets(self.deployment):
+                return candidate
+        return None
+
+    # -- plumbing --------------------------------------------------------------------------------
+
+    def _annotate(self, name: str, annotations: dict[str, str | None]) -> None:
+        # A JSON merge patch: a null value removes the annotation.
+        self._call(
+            "patch scaledobjects",
+            self.custom.patch_namespaced_custom_object,
+            KEDA_GROUP,
+            KEDA_VERSION,
+            self.namespace,
+            KEDA_PLURAL,
+            name,
+            {"metadata": {"annotations": annotations}},
+        )
+
+    def _call(self, action: str, method: Any, *args: Any) -> dict[str, Any]:
+        """Run one API call, raw JSON back; 404 stays an ApiException for the caller to judge,
+        403, other statuses and connection failures become ScaleErrors."""
+        try:
+            response = method(*args, _preload_content=False, _request_timeout=self.timeout)
+            try:
+                return json.loads(response.data or b"{}")
+            finally:
+                response.release_conn()
+        except ApiException as exc:
+            if exc.status == 404:
+                raise
+            verb, _, resource = action.partition(" ")
+            if exc.status == 403:
+                raise ScaleError(
+                    f"forbidden: your credentials may not {verb} {resource} in namespace "
+                    f"{self.namespace} (RBAC: grant {verb!r} on {resource!r}): "
+                    f"{api_message(exc.body)}",
+                    EXIT_FORBIDDEN,
+                ) from None
+            raise ScaleError(
+                f"the Kubernetes API refused to {action}: HTTP {exc.status} "
+                f"{api_message(exc.body) or exc.reason}",
+                EXIT_API_ERROR,
+            ) from None
+        except (HTTPError, OSError) as exc:
+            raise ScaleError(
+                f"cannot reach the Kubernetes API at {self.host}: {innermost(exc)}",
+                EXIT_UNREACHABLE,
+            ) from None

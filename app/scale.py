@@ -1,0 +1,115 @@
+"""`tasklane scale --replicas N | --resume [--release R | --deployment NAME] [--namespace NS]
+[--kubeconfig PATH] [--timeout S]`: set the worker pool's size from a laptop or a pod.
+
+The Deployment is --deployment, else `<release>-tasklane-worker` (the chart's name), else
+TASKLANE_WORKER_DEPLOYMENT. The namespace is --namespace, else TASKLANE_NAMESPACE, else the
+kubeconfig context's (or the pod's service-account) namespace, else "default". Configuration:
+--kubeconfig, else in-cluster inside a pod, else $KUBECONFIG / ~/.kube/config.
+
+Exit status (app/core/kubernetes/scaling.py): 0 done, 1 other API error, 2 usage or no
+configuration, 3 Deployment not found, 4 forbidden (RBAC), 5 API server unreachable, 6 --resume
+with no ScaledObject.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from app.config import Settings
+
+#: The chart names the worker Deployment after the release (charts/tasklane _helpers.tpl).
+WORKER_DEPLOYMENT = "{release}-tasklane-worker"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The `scale` subcommand's options."""
+    size = parser.add_mutually_exclusive_group(required=True)
+    size.add_argument(
+        "--replicas",
+        type=_replicas,
+        help="worker replicas (with KEDA: pauses autoscaling at this count)",
+    )
+    size.add_argument(
+        "--resume",
+        action="store_true",
+        help="remove KEDA's pause annotation: autoscaling takes over again",
+    )
+    target = parser.add_mutually_exclusive_group()
+    target.add_argument("--release", help="Helm release: scales <release>-tasklane-worker")
+    target.add_argument(
+        "--deployment", help="worker Deployment name (default: TASKLANE_WORKER_DEPLOYMENT)"
+    )
+    parser.add_argument(
+        "--scaled-object",
+        default=None,
+        help="KEDA ScaledObject name (default: TASKLANE_SCALED_OBJECT, else the Deployment's; "
+        "any ScaledObject targeting the Deployment is found too)",
+    )
+    parser.add_argument("--namespace", "-n", default=None, help="namespace (see above)")
+    parser.add_argument(
+        "--kubeconfig", default=None, help="kubeconfig file (default: in-cluster, else ~/.kube)"
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=10.0,
+        help="seconds to wait for each API answer (default 10)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Scale, pause or resume as args say; prints the outcome, returns the exit status."""
+    from app.core.kubernetes.client import KubeConfigError, load_connection
+    from app.core.kubernetes.scaling import EXIT_USAGE, ScaleError, WorkerScaler
+
+    try:
+        settings = Settings()
+    except ValueError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    from_settings = not (args.deployment or args.release)
+    deployment = (
+        args.deployment
+        or (WORKER_DEPLOYMENT.format(release=args.release) if args.release else None)
+        or settings.worker_deployment
+    )
+    if not deployment:
+        return _fail(
+            "name the worker Deployment: --release R (scales R-tasklane-worker), "
+            "--deployment NAME, or TASKLANE_WORKER_DEPLOYMENT",
+            EXIT_USAGE,
+        )
+    try:
+        connection = load_connection(args.kubeconfig)
+    except KubeConfigError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    namespace = (
+        args.namespace or settings.namespace or connection.namespace or settings.resolved_namespace
+    )
+    scaled_object = args.scaled_object or (settings.scaled_object if from_settings else None)
+    scaler = WorkerScaler(
+        connection.api_client(),
+        namespace=namespace,
+        deployment=deployment,
+        scaled_object=scaled_object,
+        request_timeout=args.timeout,
+    )
+    try:
+        outcome = scaler.resume() if args.resume else scaler.scale(args.replicas)
+    except ScaleError as exc:
+        return _fail(str(exc), exc.exit_code)
+    for line in outcome.lines():
+        print(line)
+    return 0
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"tasklane scale: {message}", file=sys.stderr)
+    return code
+
+
+def _replicas(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"replicas cannot be negative, not {number}")
+    return number

@@ -1,0 +1,337 @@
+"""`tasklane status`: the deployment at a glance, read straight from Redis (REDIS_URL).
+
+Live workers (their heartbeats, DESIGN.md §3), every queue's backlog (base list plus kombu's
+priority sub-lists) and running count, each registered task's route as the hybrid executor would
+decide it now (the same HybridExecutor.decide, fed by a WorkerMonitor refreshed once, and by the
+worker Deployment when Kubernetes awareness is on), and the latest FAILURE records. A rich table
+for people, `--json` for machines. Nothing is written.
+
+Exit status: 0 with a report; 2 when Redis is not configured or cannot be reached (the report
+would be empty, and "no worker" must not be mistaken for "cannot tell").
+`tasklane status --worker` is another command: the worker pod's liveness probe (cli.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import redis
+
+from app.config import Settings
+from app.core.tasks.worker_keys import LIVENESS_FACTOR, WorkerKeys, queue_lists
+
+#: The priority of each list queue_lists() names, in order (the base list holds priority 0).
+PRIORITIES = ("0", "3", "6", "9")
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+class StatusUnavailable(Exception):
+    """Redis is not configured or does not answer: there is nothing to report."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerRow:
+    hostname: str
+    queues: list[str]
+    concurrency: int
+    #: Seconds since its last heartbeat.
+    heartbeat_age: float
+    version: str
+    pid: int | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueueRow:
+    name: str
+    #: Messages waiting: the base list plus its priority sub-lists.
+    waiting: int | None
+    #: waiting, per priority list ("0" is the base list).
+    by_priority: dict[str, int] | None
+    #: Tasks running on workers (active:{queue}).
+    active: int
+    #: Live workers consuming it.
+    workers: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RouteRow:
+    task: str
+    weight: str
+    queue: str
+    #: The executor TASKLANE_ROUTES or the spec pins it to (None: routed by the rules).
+    pin: str | None
+    #: background | celery | unavailable (submit would answer 503).
+    route: str
+    #: Why it is not the first choice (no_workers, broker_down, saturated), if so.
+    reason: str | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FailureRow:
+    task_id: str
+    task: str
+    error_type: str
+    error_message: str
+    finished_at: str | None
+    executor: str | None
+    worker: str | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StatusReport:
+    redis: str
+    mode: str
+    executor: str
+    broker_up: bool | None
+    workers: list[WorkerRow]
+    #: Workers still in the heartbeat ZSET whose last beat is older than the liveness window.
+    stale_workers: list[str]
+    queues: list[QueueRow]
+    routes: list[RouteRow]
+    failures: list[FailureRow]
+    kubernetes: dict[str, Any] = field(default_factory=lambda: {"enabled": False})
+    generated_at: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def redact(url: str) -> str:
+    """The URL without its password (safe to print)."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def collect(settings: Settings, *, failures: int = 10) -> StatusReport:
+    """Read everything once. Raises StatusUnavailable when Redis is absent or silent."""
+    url = settings.store_redis_url
+    if url is None:
+        raise StatusUnavailable(
+            "no Redis configured: set REDIS_URL (or a redis CELERY_BROKER_URL) to the Redis the "
+            "api and workers share"
+        )
+    client = redis.Redis.from_url(
+        url, decode_responses=True, socket_connect_timeout=3, socket_timeout=5
+    )
+    broker = settings.celery_broker_url or ""
+    broker_url = broker if broker.startswith(REDIS_SCHEMES) and broker != url else None
+    queues_client = (
+        redis.Redis.from_url(
+            broker_url, decode_responses=True, socket_connect_timeout=3, socket_timeout=5
+        )
+        if broker_url
+        else client
+    )
+    try:
+        try:
+            client.ping()
+        except (redis.RedisError, OSError) as exc:
+            raise StatusUnavailable(f"cannot reach Redis at {redact(url)}: {exc}") from None
+        now = time.time()
+        keys = WorkerKeys(settings.key_prefix)
+        workers, stale = _read_workers(client, keys, now, settings.worker_heartbeat_interval)
+        decided = asyncio.run(_decide(settings, url, failures))
+        names = sorted(decided.queues | {queue for worker in workers for queue in worker.queues})
+        queues = _read_queues(client, queues_client, keys, names, workers)
+    finally:
+        client.close()
+        if queues_client is not client:
+            queues_client.close()
+    return StatusReport(
+        redis=redact(url),
+        mode="single" if settings.resolved_executor == "background" else "scaled",
+        executor=settings.resolved_executor,
+        broker_up=decided.broker_up,
+        workers=workers,
+        stale_workers=stale,
+        queues=queues,
+        routes=decided.routes,
+        failures=decided.failures,
+        kubernetes=decided.kubernetes,
+        generated_at=now,
+    )
+
+
+def _read_workers(
+    client: redis.Redis, keys: WorkerKeys, now: float, interval: float
+) -> tuple[list[WorkerRow], list[str]]:
+    scored = client.zrange(keys.workers, 0, -1, withscores=True)
+    with client.pipeline(transaction=False) as pipe:
+        for hostname, _ in scored:
+            pipe.hgetall(keys.worker(hostname))
+        hashes = pipe.execute()
+    liveness = LIVENESS_FACTOR * interval
+    workers: list[WorkerRow] = []
+    stale: list[str] = []
+    for (hostname, score), fields in zip(scored, hashes, strict=True):
+        if now - score > liveness:
+            stale.append(hostname)
+            continue
+        workers.append(
+            WorkerRow(
+                hostname=hostname,
+                queues=[q for q in (fields.get("queues") or "").split(",") if q],
+                concurrency=int(fields.get("concurrency") or 0),
+                heartbeat_age=round(max(now - score, 0.0), 1),
+                version=fields.get("version") or "?",
+                pid=int(fields["pid"]) if (fields.get("pid") or "").isdigit() else None,
+            )
+        )
+    return workers, stale
+
+
+def _read_queues(
+    client: redis.Redis,
+    queues_client: redis.Redis,
+    keys: WorkerKeys,
+    names: Sequence[str],
+    workers: Sequence[WorkerRow],
+) -> list[QueueRow]:
+    try:
+        with queues_client.pipeline(transaction=False) as pipe:
+            for name in names:
+                for list_name in queue_lists(name):
+                    pipe.llen(list_name)
+            counts = iter(pipe.execute())
+        lengths: dict[str, dict[str, int] | None] = {
+            name: {priority: int(next(counts)) for priority in PRIORITIES} for name in names
+        }
+    except (redis.RedisError, OSError):  # the broker is another Redis, and it is down
+        lengths = dict.fromkeys(names)
+    with client.pipeline(transaction=False) as pipe:
+        for name in names:
+            pipe.zcard(keys.active(name))
+        active = pipe.execute()
+    rows = []
+    for name, running in zip(names, active, strict=True):
+        by_priority = lengths[name]
+        rows.append(
+            QueueRow(
+                name=name,
+                waiting=sum(by_priority.values()) if by_priority is not None else None,
+                by_priority=by_priority,
+                active=int(running),
+                workers=sum(1 for worker in workers if name in worker.queues),
+            )
+        )
+    return rows
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Decisions:
+    """What the async half reads: routes (through the executor's own rules) and failures."""
+
+    routes: list[RouteRow]
+    failures: list[FailureRow]
+    kubernetes: dict[str, Any]
+    #: The queues registered tasks are published to.
+    queues: set[str]
+    broker_up: bool | None
+
+
+async def _decide(settings: Settings, url: str, limit: int) -> _Decisions:
+    """Each task's route as the executor decides it now (the monitor refreshed once, the
+    Kubernetes view listed once), and the latest FAILURE records from the store."""
+    from app.core.tasks.hooks import TaskHooks
+    from app.core.tasks.models import TaskStatus
+    from app.core.tasks.queues import QueueRouting
+    from app.core.tasks.registry import autodiscover, registry
+    from app.core.tasks.store.redis import RedisStore
+
+    autodiscover(settings.task_modules)
+    store = RedisStore(url, prefix=settings.key_prefix, recent_max=settings.recent_max)
+    routing = QueueRouting.from_settings(settings)
+    specs = list(registry)
+    try:
+        failures = [
+            _failure_row(record)
+            for record in await store.list(status=TaskStatus.FAILURE, limit=limit)
+        ]
+        kind = settings.resolved_executor
+        if kind != "hybrid":
+            return _Decisions(
+                routes=[_route_row(spec, routing, None, kind, None) for spec in specs],
+                failures=failures,
+                kubernetes={"enabled": False},
+                queues=routing.queues(specs),
+                broker_up=None,
+            )
+        from app.core.tasks.factory import build_executor
+
+        hybrid: Any = build_executor(settings, store=store, registry=registry, hooks=TaskHooks())
+        monitor = hybrid.monitor
+        try:
+            await monitor.refresh()
+            if monitor.kubernetes is not None:
+                await asyncio.to_thread(monitor.kubernetes.sync_once)
+            routes = []
+            for spec in specs:
+                decision = hybrid.decide(spec)
+                route = decision.executor or "unavailable"
+                routes.append(_route_row(spec, routing, hybrid.pin(spec), route, decision.fallback))
+            return _Decisions(
+                routes=routes,
+                failures=failures,
+                kubernetes=monitor.describe()["kubernetes"],
+                queues=routing.queues(specs),
+                broker_up=monitor.broker_up,
+            )
+        finally:
+            await monitor.stop()
+            await hybrid.celery.stop(0)
+    finally:
+        await store.close()
+
+
+def _failure_row(record: Any) -> FailureRow:
+    error = record.error
+    return FailureRow(
+        task_id=record.task_id,
+        task=record.name,
+        error_type=error.type if error else "?",
+        error_message=error.message if error else "",
+        finished_at=record.finished_at.isoformat() if record.finished_at else None,
+        executor=record.executor,
+        worker=record.worker,
+    )
+
+
+def _route_row(
+    spec: Any, routing: Any, pin: str | None, route: str, reason: str | None
+) -> RouteRow:
+    return RouteRow(
+        task=spec.name,
+        weight="heavy" if routing.is_heavy(spec) else "light",
+        queue=routing.queue_for(spec),
+        pin=pin,
+        route=route,
+        reason=reason,
+    )
+
+
+def run(*, as_json: bool, failures: int) -> int:
+    """Print the report (rich tables, or JSON); returns the exit status."""
+    try:
+        settings = Settings()
+        settings.check()
+        report = collect(settings, failures=failures)
+    except (ValueError, StatusUnavailable) as exc:
+        print(f"tasklane status: {exc}", file=sys.stderr)
+        return 2
+    if as_json:
+        print(json.dumps(report.as_dict(), indent=2, sort_keys=True))
+    else:
+        from app.status_render import render
+
+        render(report)
+    return 0

@@ -1,0 +1,289 @@
+"""`tasklane scale` (app/scale.py, app/core/kubernetes/scaling.py): every path and exit status.
+
+No cluster exists on these machines: tests.support.kube_api.FakeKubeApi stands in for the
+Kubernetes API server (real HTTP on 127.0.0.1, Deployment + scale subresource + KEDA
+ScaledObjects in memory, 403/404/500 on demand), and the command reaches it through a kubeconfig
+file (--kubeconfig), as it would reach a cluster from a laptop.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from app import cli
+from app.core.kubernetes.scaling import (
+    EXIT_API_ERROR,
+    EXIT_FORBIDDEN,
+    EXIT_NOT_FOUND,
+    EXIT_NOTHING_TO_RESUME,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+)
+from app.core.kubernetes.state import PAUSED, PAUSED_REPLICAS
+from tests.support.kube_api import DEPLOYMENTS, SCALED_OBJECTS, BlackHole, FakeKubeApi, kubeconfig
+from tests.support.processes import free_port
+
+NS = "prod"
+DEP = "demo-tasklane-worker"
+
+
+@pytest.fixture
+def kube() -> Iterator[FakeKubeApi]:
+    with FakeKubeApi() as api:
+        api.add_deployment(DEP, replicas=2, namespace=NS)
+        yield api
+
+
+@pytest.fixture
+def config_file(kube: FakeKubeApi, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A kubeconfig whose context namespace is `prod`; no TASKLANE_ variable leaks in."""
+    for name in ("TASKLANE_WORKER_DEPLOYMENT", "TASKLANE_NAMESPACE", "TASKLANE_SCALED_OBJECT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    return str(kube.write_kubeconfig(tmp_path, namespace=NS))
+
+
+def scale(*args: str) -> int:
+    return cli.main(["scale", *args])
+
+
+def annotations(kube: FakeKubeApi, name: str = DEP) -> dict[str, str]:
+    obj = kube.get(SCALED_OBJECTS, name, NS)
+    assert obj is not None
+    return obj["metadata"].get("annotations") or {}
+
+
+def replicas(kube: FakeKubeApi) -> int:
+    obj = kube.get(DEPLOYMENTS, DEP, NS)
+    assert obj is not None
+    return int(obj["spec"]["replicas"])
+
+
+def test_without_keda_the_deployment_scale_subresource_is_patched(
+    kube: FakeKubeApi, config_file: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert scale("--replicas", "0", "--release", "demo", "--kubeconfig", config_file) == 0
+
+    assert replicas(kube) == 0
+    patches = [(m, p) for m, p, _ in kube.requests if m == "PATCH"]
+    assert patches == [("PATCH", f"/apis/apps/v1/namespaces/{NS}/deployments/{DEP}/scale")]
+    out = capsys.readouterr().out
+    assert f"Deployment {DEP} (namespace {NS}): replicas 2 -> 0." in out
+    assert "No KEDA ScaledObject targets it" in out
+
+
+def test_with_keda_the_paused_replicas_annotation_holds_the_count(
+    kube: FakeKubeApi, config_file: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    kube.add_scaled_object(DEP, min_replicas=0, max_replicas=10, namespace=NS)
+
+    assert scale("--replicas", "0", "--deployment", DEP, "--kubeconfig", config_file) == 0
+
+    assert annotations(kube) == {PAUSED_REPLICAS: "0"}
+    assert replicas(kube) == 2  # KEDA applies the hold; the command does not fight it
+    out = capsys.readouterr().out
+    assert f"set {PAUSED_REPLICAS}=0" in out
+    assert "KEDA now holds the Deployment at 0 replicas" in out
+    assert "tasklane scale --resume" in out
+
+    assert scale("--replicas", "3", "--deployment", DEP, "--kubeconfig", config_file) == 0
+    assert annotations(kube) == {PAUSED_REPLICAS: "3"}
+    assert "(was 0)" in capsys.readouterr().out
+
+
+def test_resume_removes_both_pause_annotations(
+    kube: FakeKubeApi, config_file: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    paused = {PAUSED_REPLICAS: "0", PAUSED: "true", "keep": "me"}
+    kube.add_scaled_object(DEP, min_replicas=1, max_replicas=5, annotations=paused, namespace=NS)
+
+    assert scale("--resume", "--release", "demo", "--kubeconfig", config_file) == 0
+
+    assert annotations(kube) == {"keep": "me"}
+    out = capsys.readouterr().out
+    assert f"removed {PAUSED_REPLICAS} (was 0) and {PAUSED}" in out
+    assert "autoscales it again between 1 and 5 replicas" in out
+
+    assert scale("--resume", "--release", "demo", "--kubeconfig", config_file) == 0
+    assert "it was not paused; nothing changed" in capsys.readouterr().out
+
+
+def test_a_scaled_object_named_otherwise_is_found_by_its_target(
+    kube: FakeKubeApi, config_file: str
+) -> None:
+    kube.add_scaled_object("someone-elses", target="other-deployment", namespace=NS)
+    kube.add_scaled_object("custom-keda-name", target=DEP, namespace=NS)
+
+    assert scale("--replicas", "1", "--release", "demo", "--kubeconfig", config_file) == 0
+
+    assert annotations(kube, "custom-keda-name") == {PAUSED_REPLICAS: "1"}
+    assert annotations(kube, "someone-elses") == {}
+
+
+def test_resume_without_a_scaled_object_is_an_error(
+    kube: FakeKubeApi, config_file: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    kube.add_scaled_object("someone-elses", target="other-deployment", namespace=NS)
+
+    code = scale("--resume", "--release", "demo", "--kubeconfig", config_file)
+
+    assert code == EXIT_NOTHING_TO_RESUME == 6
+    err = capsys.readouterr().err
+    assert f"--resume: no KEDA ScaledObject targets Deployment {DEP} in namespace {NS}" in err
+    assert "--replicas N" in err
+    assert not [m for m, *_ in kube.requests if m == "PATCH"]
+
+
+def test_keda_not_installed_scales_the_deployment(kube: FakeKubeApi, config_file: str) -> None:
+    kube.keda_installed = False
+
+    assert scale("--replicas", "4", "--release", "demo", "--kubeconfig", config_file) == 0
+
+    assert replicas(kube) == 4
+    code = scale("--resume", "--release", "demo", "--kubeconfig", config_file)
+    assert code == EXIT_NOTHING_TO_RESUME
+
+
+def test_missing_release_is_not_found(
+    kube: FakeKubeApi, config_file: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = scale("--replicas", "1", "--release", "nope", "--kubeconfig", config_file)
+
+    assert code == EXIT_NOT_FOUND == 3
+    err = capsys.readouterr().err
+    assert f"Deployment nope-tasklane-worker not found in namespace {NS}" in err
+    assert "check the release name" in err
+
+
+def test_wrong_namespace_is_not_found(kube: FakeKubeApi, config_file: str) -> None:
+    code = scale(
+        "--replicas", "1", "--release", "demo", "-n", "staging", "--kubeconfig", config_file
+    )
+
+    assert code == EXIT_NOT_FOUND
+
+
+@pytest.mark.parametrize(
+    ("path", "method", "keda", "denied"),
+    [
+        (f"/deployments/{DEP}/scale", "PATCH", False, "may not patch deployments/scale"),
+        (f"/deployments/{DEP}", "GET", False, "may not get deployments"),
+        (f"/scaledobjects/{DEP}", "GET", True, "may not get scaledobjects"),
+        (f"/scaledobjects/{DEP}", "PATCH", True, "may not patch scaledobjects"),
+    ],
+)
+def test_rbac_denial_is_forbidden_with_the_missing_permission(
+    kube: FakeKubeApi,
+    config_file: str,
+    capsys: pytest.CaptureFixture[str],
+    path: str,
+    method: str,
+    keda: bool,
+    denied: str,
+) -> None:
+    if keda:
+        kube.add_scaled_object(DEP, namespace=NS)
+    kube.fail(403, path=path, method=method, message='User "bob" cannot do that')
+
+    code = scale("--replicas", "0", "--release", "demo", "--kubeconfig", config_file)
+
+    assert code == EXIT_FORBIDDEN == 4
+    err = capsys.readouterr().err
+    assert denied in err
+    assert f"in namespace {NS}" in err
+    assert 'User "bob" cannot do that' in err
+    assert replicas(kube) == 2
+
+
+def test_other_api_errors_are_reported_with_the_servers_message(
+    kube: FakeKubeApi, config_file: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    kube.fail(500, path="/scale", method="PATCH", message="etcdserver: request timed out")
+
+    code = scale("--replicas", "0", "--release", "demo", "--kubeconfig", config_file)
+
+    assert code == EXIT_API_ERROR == 1
+    assert "HTTP 500 etcdserver: request timed out" in capsys.readouterr().err
+
+
+def test_refused_connection_is_unreachable(
+    tmp_path: Path, config_file: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "refused"
+    path.write_text(kubeconfig(f"http://127.0.0.1:{free_port()}"))
+
+    code = scale("--replicas", "0", "--release", "demo", "--kubeconfig", str(path))
+
+    assert code == EXIT_UNREACHABLE == 5
+    err = capsys.readouterr().err
+    assert "cannot reach the Kubernetes API at http://127.0.0.1:" in err
+    assert "Connection refused" in err
+
+
+def test_a_silent_api_server_times_out_as_unreachable(
+    tmp_path: Path, config_file: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with BlackHole() as hole:
+        path = tmp_path / "silent"
+        path.write_text(kubeconfig(hole.url))
+        started = time.monotonic()
+
+        code = scale(
+            "--replicas", "0", "--release", "demo", "--kubeconfig", str(path), "--timeout", "0.5"
+        )
+
+    assert code == EXIT_UNREACHABLE
+    assert time.monotonic() - started < 5
+    assert "timed out" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--replicas", "1"], "name the worker Deployment"),
+        (["--replicas", "1", "--release", "demo", "--kubeconfig", "/nonexistent"], "kubeconfig"),
+    ],
+)
+def test_usage_and_configuration_errors_exit_2(
+    config_file: str, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    assert scale(*argv) == EXIT_USAGE == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--release", "demo"],  # neither --replicas nor --resume
+        ["--replicas", "1", "--resume", "--release", "demo"],
+        ["--replicas", "-1", "--release", "demo"],
+        ["--replicas", "1", "--release", "demo", "--deployment", DEP],
+    ],
+)
+def test_argument_errors_exit_2(argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        scale(*argv)
+
+    assert exited.value.code == 2
+
+
+def test_settings_name_the_deployment_and_namespace(
+    kube: FakeKubeApi,
+    config_file: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    kube.add_deployment("other-worker", replicas=1, namespace="team")
+    monkeypatch.setenv("TASKLANE_WORKER_DEPLOYMENT", "other-worker")
+    monkeypatch.setenv("TASKLANE_NAMESPACE", "team")
+
+    assert scale("--replicas", "3", "--kubeconfig", config_file) == 0
+
+    obj = kube.get(DEPLOYMENTS, "other-worker", "team")
+    assert obj is not None
+    assert obj["spec"]["replicas"] == 3
+    assert "Deployment other-worker (namespace team): replicas 1 -> 3." in capsys.readouterr().out
