@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: run run-scaled test lint format clean system-packages tools
+.PHONY: run run-scaled test bench lint format clean system-packages tools
 
 # A stamp per dependency set, so `make test` after `make run` installs only the extras.
 $(BIN)/python:
@@ -40,6 +40,10 @@ test: $(VENV)/.dev-installed system-packages tools
 	scripts/ensure-system-packages prometheus
 	$(BIN)/ruff check app tests scripts
 	$(BIN)/python -m pytest
+
+## bench: the benchmarks of scripts/bench (baseline vs tasklane ratios, one run; JSON in .cache/bench)
+bench: $(VENV)/.runtime-installed system-packages
+	$(BIN)/python -m scripts.bench
 
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check app tests scripts
