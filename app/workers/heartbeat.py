@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import redis
 from celery import bootsteps
 
-from app.core.tasks.worker_keys import WorkerKeys
+from app.core.tasks.worker_keys import WorkerKeys, heartbeat_client_name
 from app.workers import presence
 from app.workers.presence import WorkerInfo
 
@@ -51,7 +51,12 @@ class HeartbeatThread:
         # Short socket timeouts: a beat must not hang much longer than its own interval.
         timeout = max(1.0, min(5.0, interval))
         self.client = redis.Redis.from_url(
-            url, decode_responses=True, socket_connect_timeout=timeout, socket_timeout=timeout
+            url,
+            decode_responses=True,
+            socket_connect_timeout=timeout,
+            socket_timeout=timeout,
+            # Named, so the api's monitor sees this connection close when the worker dies.
+            client_name=heartbeat_client_name(info.hostname),
         )
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None

@@ -9,6 +9,10 @@ and keeps the tasks it is running in
   {prefix}worker:{hostname}:active  HASH task id -> queue (so a dead worker's entries can be
                                       removed from active:{queue} by whoever notices it died)
 A worker is live while its score is younger than LIVENESS_FACTOR heartbeat intervals.
+
+The heartbeat's Redis connection is named heartbeat_client_name(hostname) (CLIENT SETNAME), so
+the monitor can also see, in CLIENT LIST, that a worker's connection closed: a SIGKILLed
+worker's kernel closes its sockets at once, long before its heartbeat goes stale.
 """
 
 from __future__ import annotations
@@ -35,6 +39,11 @@ class WorkerKeys:
 
     def active(self, queue: str) -> str:
         return f"{self.prefix}active:{queue}"
+
+
+def heartbeat_client_name(hostname: str) -> str:
+    """The CLIENT SETNAME of a worker's heartbeat connection (no spaces: Redis refuses them)."""
+    return "tasklane-heartbeat:" + hostname.replace(" ", "_")
 
 
 def queue_lists(queue: str) -> list[str]:
