@@ -39,7 +39,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
@@ -54,6 +54,9 @@ from app.core.tasks.worker_keys import (
     heartbeat_client_name,
     queue_lists,
 )
+from app.core.tasks.worker_snapshot import WorkerInfo, WorkerSnapshot, worker_info
+
+__all__ = ["UNREACHABLE", "WorkerInfo", "WorkerMonitor", "WorkerSnapshot"]
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis as AsyncRedis
@@ -62,71 +65,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tasklane.monitor")
 
-_EMPTY: Mapping[str, int] = MappingProxyType({})
 #: What an unreachable, refusing or too slow Redis looks like to the monitor.
 UNREACHABLE: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class WorkerInfo:
-    """One worker as its last heartbeat described it."""
-
-    hostname: str
-    queues: frozenset[str]
-    concurrency: int
-    #: Unix time of its last heartbeat (the ZSET score).
-    last_seen: float
-    #: Is its heartbeat connection open? None: unknown (never seen in CLIENT LIST).
-    connected: bool | None = None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class WorkerSnapshot:
-    """What the last read of Redis found; judged against the clock by the methods below."""
-
-    workers: tuple[WorkerInfo, ...] = ()
-    #: Messages waiting per queue (base list plus priority sub-lists).
-    queue_lengths: Mapping[str, int] = field(default_factory=lambda: _EMPTY)
-    #: Tasks running on workers per queue (size of active:{queue}).
-    active: Mapping[str, int] = field(default_factory=lambda: _EMPTY)
-    #: Did the last read of the queue lists (the broker) succeed?
-    broker_up: bool = False
-    #: Did the last read of the worker keys succeed (else `workers` is the previous view)?
-    workers_fresh: bool = False
-    #: Unix time of the last read attempt (0: never tried).
-    taken_at: float = 0.0
-    #: Seconds after its last heartbeat that a worker stops counting as live.
-    liveness: float = 15.0
-    #: Seconds after its last heartbeat that a worker whose connection closed stops counting.
-    disconnect_grace: float = 6.0
-
-    @property
-    def healthy(self) -> bool:
-        """Did the last refresh read everything?"""
-        return self.broker_up and self.workers_fresh
-
-    def live(self, now: float) -> tuple[WorkerInfo, ...]:
-        cutoff = now - self.liveness
-        gone = now - self.disconnect_grace
-        return tuple(
-            worker
-            for worker in self.workers
-            if worker.last_seen > cutoff
-            and not (worker.connected is False and worker.last_seen <= gone)
-        )
-
-    def live_workers(self, queue: str, now: float) -> int:
-        return sum(1 for worker in self.live(now) if queue in worker.queues)
-
-    def concurrency(self, queue: str, now: float) -> int:
-        return sum(worker.concurrency for worker in self.live(now) if queue in worker.queues)
-
-    def queues(self) -> list[str]:
-        """Every queue this snapshot knows about (measured, or consumed by a worker)."""
-        named = set(self.queue_lengths) | set(self.active)
-        for worker in self.workers:
-            named |= worker.queues
-        return sorted(named)
 
 
 class WorkerMonitor:
@@ -352,7 +292,7 @@ class WorkerMonitor:
             # Forget workers that left the ZSET (pods come and go under new names).
             self._connections_seen &= {hostname for hostname, _ in scored}
             for (hostname, score), fields in zip(scored, hashes, strict=True):
-                info = _worker_info(hostname, float(score), fields)
+                info = worker_info(hostname, float(score), fields)
                 workers.append(self._with_connection(info, connections))
         for worker in workers:
             self.watched |= worker.queues
@@ -404,13 +344,3 @@ class WorkerMonitor:
             metrics.WORKERS_AVAILABLE.labels(queue=queue).set(self.live_workers(queue))
             if queue in snapshot.queue_lengths:
                 metrics.QUEUE_LENGTH.labels(queue=queue).set(snapshot.queue_lengths[queue])
-
-
-def _worker_info(hostname: str, score: float, fields: Mapping[str, str]) -> WorkerInfo:
-    # A worker whose hash expired or is malformed still counts as live, serving no known queue.
-    queues = frozenset(q.strip() for q in fields.get("queues", "").split(",") if q.strip())
-    try:
-        concurrency = max(int(fields.get("concurrency", "0")), 0)
-    except ValueError:
-        concurrency = 0
-    return WorkerInfo(hostname=hostname, queues=queues, concurrency=concurrency, last_seen=score)
