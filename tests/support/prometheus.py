@@ -30,7 +30,7 @@ from typing import Any, Self
 import httpx
 import yaml
 
-from tests.support.processes import REPO_ROOT, free_port
+from tests.support.processes import REPO_ROOT, free_port, terminate
 
 DASHBOARD_PATH = REPO_ROOT / "charts" / "tasklane" / "dashboards" / "tasklane.json"
 RULES_PATH = REPO_ROOT / "charts" / "tasklane" / "alerts" / "tasklane-rules.yaml"
@@ -403,13 +403,7 @@ class PrometheusServer:
     def stop(self) -> None:
         """Terminate the server (kill it if it does not exit within 10 s)."""
         self.client.close()
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process)
 
     def __enter__(self) -> Self:
         return self
