@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
-import signal
-import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -24,11 +21,10 @@ import pytest
 
 from tests.support.celery_processes import SAMPLE_TASK_MODULES, CeleryWorker
 from tests.support.processes import (
-    REPO_ROOT,
     RedisServer,
+    ServerProcess,
     clean_environment,
     free_port,
-    tasklane_command,
     wait_for_port,
 )
 from tests.support.prometheus import (
@@ -75,34 +71,21 @@ def poll(condition: Callable[[], bool], *, timeout: float, what: str) -> None:
 
 @contextlib.contextmanager
 def tasklane_api(env: dict[str, str], log_path: Path) -> Iterator[str]:
-    """`tasklane serve --workers 2` in a session of its own (so teardown takes down uvicorn's
-    worker processes with it); yields the base URL once /healthz answers."""
-    port = free_port()
-    with log_path.open("wb") as output:
-        process = subprocess.Popen(
-            tasklane_command("serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "2"),
-            cwd=REPO_ROOT,
-            env=env,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}"
+    """`tasklane serve --workers 2` (ServerProcess: its own session, so teardown takes down
+    uvicorn's worker processes too); yields the base URL once /healthz answers."""
+    server = ServerProcess(env, log_path, workers=2)
     try:
-        wait_for_port(port, timeout=30, process=process)
 
         def healthy() -> bool:
-            assert process.poll() is None, log_path.read_text(errors="replace")
+            assert server.process.poll() is None, server.log()
             with contextlib.suppress(httpx.TransportError):
-                return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
+                return httpx.get(f"{server.url}/healthz", timeout=2).status_code == 200
             return False
 
         poll(healthy, timeout=30, what="api /healthz")
-        yield url
+        yield server.url
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=10)
+        server.kill()
 
 
 def submit(client: httpx.Client, name: str, *args: Any) -> str:
