@@ -544,3 +544,25 @@ async def test_task_calling_sys_exit_fails_and_the_runner_keeps_going(
     assert record.error is not None
     assert record.error.type == "SystemExit"
     assert after.status is TaskStatus.SUCCESS
+
+
+@pytest.mark.asyncio
+async def test_sync_bodies_reuse_idle_daemon_threads(manager: TaskManager) -> None:
+    """One after another, sync bodies run on the same parked daemon thread (no thread start
+    per task), named after the body that runs."""
+    from app.core.tasks import threads
+
+    def parked() -> bool:
+        return any(worker.thread is STATE["threads"][-1] for worker in threads._threads.idle)
+
+    for value in (1, 2, 3):
+        task_id = await manager.submit("test_runner_echo_sync", value)
+        await manager.wait(task_id, timeout=10)
+        deadline = time.monotonic() + 10
+        while not parked():  # the thread parks itself just after delivering the result
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.005)
+    first, *others = STATE["threads"]
+    assert all(thread is first for thread in others)
+    assert first.daemon
+    assert first.name == "tasklane-sync-echo_sync"
