@@ -248,7 +248,7 @@ async def test_submit_with_background_tasks_outside_a_request_starts_at_once(
 
 
 @pytest.mark.asyncio
-async def test_submit_many_returns_ids_in_order_and_stops_at_a_bad_call(
+async def test_submit_many_returns_ids_in_order_and_a_bad_call_submits_none(
     manager: TaskManager,
 ) -> None:
     ids = await manager.submit_many(
@@ -270,7 +270,10 @@ async def test_submit_many_returns_ids_in_order_and_stops_at_a_bad_call(
     await manager.executor.wait_all(timeout=10)
 
     assert [record.result for record in records] == ["a", "bb"]
-    assert sorted(STATE["runs"]) == ["a", "c"]
+    # Every call is checked before anything is written: "c" came before the bad call, and
+    # it neither ran nor left a record.
+    assert STATE["runs"] == ["a"]
+    assert [r.task_id for r in await manager.list(name="test_manager_record")] == ids[:1]
 
 
 @pytest.mark.asyncio

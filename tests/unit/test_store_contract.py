@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
 from app.core.tasks.models import Progress, TaskError, TaskResult, TaskStatus
-from app.core.tasks.store import ResultStore
+from app.core.tasks.store import QueuePush, ResultStore
+from app.core.tasks.store.memory import MemoryStore
 from app.core.tasks.store.redis import RedisStore
 from tests.support.processes import RedisServer
 
@@ -57,6 +59,56 @@ async def test_create_with_an_existing_id_returns_the_first_record_unchanged(
     assert created is False
     assert stored == first
     assert await store.get("t-1") == first
+
+
+@pytest.mark.asyncio
+async def test_create_many_stores_each_new_record_and_reports_it_created(
+    store: ResultStore,
+) -> None:
+    records = [make_record(f"t-{i}", offset=i) for i in range(3)]
+
+    outcomes = await store.create_many(records)
+
+    assert outcomes == [(record, True) for record in records]
+    assert [await store.get(f"t-{i}") for i in range(3)] == records
+    assert [r.task_id for r in await store.list()] == ["t-2", "t-1", "t-0"]
+
+
+@pytest.mark.asyncio
+async def test_create_many_leaves_existing_ids_unchanged_and_creates_the_rest(
+    store: ResultStore,
+) -> None:
+    first = make_record("t-1", name="first", offset=1)
+    await store.create(first)
+
+    outcomes = await store.create_many(
+        [make_record("t-2", offset=2), make_record("t-1", name="second", offset=9)]
+    )
+
+    assert outcomes == [(make_record("t-2", offset=2), True), (first, False)]
+    assert await store.get("t-1") == first
+    # The re-submitted id keeps its place in the listing (its first submission).
+    assert [r.task_id for r in await store.list()] == ["t-2", "t-1"]
+
+
+@pytest.mark.asyncio
+async def test_create_many_with_an_id_repeated_in_the_batch_keeps_the_first(
+    store: ResultStore,
+) -> None:
+    first = make_record("dup", name="first")
+
+    outcomes = await store.create_many(
+        [first, make_record("other"), make_record("dup", name="second", offset=5)]
+    )
+
+    assert outcomes == [(first, True), (make_record("other"), True), (first, False)]
+    assert await store.get("dup") == first
+
+
+@pytest.mark.asyncio
+async def test_create_many_of_nothing_writes_nothing(store: ResultStore) -> None:
+    assert await store.create_many([]) == []
+    assert await store.list() == []
 
 
 @pytest.mark.asyncio
@@ -312,6 +364,99 @@ async def test_redis_record_key_expires_and_recent_index_is_trimmed(
             "t-4",
             "t-3",
         ]
+    finally:
+        raw.close()
+        await store.close()
+
+
+@pytest.mark.asyncio
+async def test_redis_create_is_one_round_trip_and_a_resubmit_changes_nothing(
+    redis_url: str, redis_server: RedisServer
+) -> None:
+    store = RedisStore(redis_url, prefix="one:", result_ttl=600, recent_max=3)
+    raw = redis_server.client()
+    try:
+        for i in range(4):
+            await store.create(make_record(f"t-{i}", offset=i))
+        assert raw.zrange("one:tasks:recent", 0, -1) == ["t-1", "t-2", "t-3"]
+        scores = raw.zrange("one:tasks:recent", 0, -1, withscores=True)
+        ttl = raw.ttl("one:task:t-0")
+        before = _command_calls(raw)
+
+        # t-0 was trimmed out of the index, t-2 is in it: neither is re-added nor re-scored.
+        outcomes = await store.create_many(
+            [make_record("t-0", offset=50), make_record("t-2", offset=60)]
+        )
+
+        assert [created for _, created in outcomes] == [False, False]
+        assert raw.zrange("one:tasks:recent", 0, -1, withscores=True) == scores
+        assert raw.ttl("one:task:t-0") <= ttl
+        after = _command_calls(raw)
+        ran = {name: after[name] - before[name] for name in after}
+        # One script call (the first use on a server may be an EVAL); inside it, one SET NX
+        # and one GET per record, and no index write at all.
+        assert ran["evalsha"] + ran["eval"] == 1
+        assert (ran["set"], ran["get"], ran["zadd"], ran["zremrangebyrank"]) == (2, 2, 0, 0)
+    finally:
+        raw.close()
+        await store.close()
+
+
+@pytest.mark.asyncio
+async def test_redis_create_pushes_a_message_only_with_a_created_record(
+    redis_url: str, redis_server: RedisServer
+) -> None:
+    store = RedisStore(redis_url, prefix="push:")
+    raw = redis_server.client()
+    try:
+        _, created = await store.create(make_record("t-1"), push=QueuePush("q", "first"))
+        _, again = await store.create(make_record("t-1"), push=QueuePush("q", "second"))
+        outcomes = await store.create_many(
+            [make_record("t-2"), make_record("t-1"), make_record("t-3")],
+            pushes=[QueuePush("q", "m2"), QueuePush("q", "third"), None],
+        )
+
+        assert (created, again) == (True, False)
+        assert [created for _, created in outcomes] == [True, False, True]
+        assert raw.lrange("q", 0, -1) == ["m2", "first"]  # LPUSH order: newest at the head
+    finally:
+        raw.close()
+        await store.close()
+
+
+@pytest.mark.asyncio
+async def test_memory_store_refuses_a_message_it_has_no_broker_for() -> None:
+    store = MemoryStore()
+
+    with pytest.raises(ValueError, match="no broker"):
+        await store.create(make_record("t-1"), push=QueuePush("q", "m"))
+
+    assert await store.get("t-1") is None
+    assert store.push_url is None
+
+
+def _command_calls(raw: Any) -> dict[str, int]:
+    """How often the server ran each command so far (commands inside a script included)."""
+    stats = raw.info("commandstats")
+    names = ("evalsha", "eval", "set", "get", "zadd", "zremrangebyrank")
+    return {name: stats.get(f"cmdstat_{name}", {}).get("calls", 0) for name in names}
+
+
+@pytest.mark.asyncio
+async def test_redis_create_many_above_one_script_chunk_creates_all_and_trims_once(
+    redis_url: str, redis_server: RedisServer
+) -> None:
+    store = RedisStore(redis_url, prefix="big:", result_ttl=600, recent_max=1000)
+    raw = redis_server.client()
+    try:
+        records = [make_record(f"t-{i:04d}", offset=i) for i in range(1200)]
+
+        outcomes = await store.create_many(records)
+
+        assert all(created for _, created in outcomes)
+        assert raw.zcard("big:tasks:recent") == 1000
+        assert raw.zrange("big:tasks:recent", 0, 0) == ["t-0200"]
+        assert await store.get("t-0000") == records[0]
     finally:
         raw.close()
         await store.close()

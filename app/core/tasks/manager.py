@@ -2,7 +2,8 @@
 
 submit() validates the name and arguments, writes the PENDING record, then hands the task to
 the configured executor; everything else reads or changes records in the shared store, so the
-answer never depends on which executor (or which process) ran the task.
+answer never depends on which executor (or which process) ran the task. submit_many() does the
+same for a batch in bulk: every call checked first, one store write, one dispatch_many().
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from app.core.tasks.errors import (
 )
 from app.core.tasks.execution import mark_interrupted
 from app.core.tasks.hooks import TaskHooks
-from app.core.tasks.models import SubmitOptions, TaskResult, TaskStatus, utcnow
+from app.core.tasks.models import SubmitOptions, TaskResult, TaskSpec, TaskStatus, utcnow
 from app.core.tasks.registry import TaskRegistry
 from app.core.tasks.registry import registry as default_registry
 
@@ -53,6 +54,16 @@ class TaskCall:
     args: Sequence[Any] = ()
     kwargs: dict[str, Any] = field(default_factory=dict)
     options: SubmitOptions | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Checked:
+    """A call that passed submit's checks: its spec, JSON-safe arguments and options."""
+
+    spec: TaskSpec
+    args: list[Any]
+    kwargs: dict[str, Any]
+    options: SubmitOptions
 
 
 class TaskManager:
@@ -96,52 +107,82 @@ class TaskManager:
         settled as FAILURE so it never stays PENDING).
         """
         began = time.perf_counter()
-        options = options or SubmitOptions()
-        spec = self.registry.get(name)
-        self._check_options(options)
-        json_args, json_kwargs = normalise_arguments(spec, args, kwargs)
-        record = TaskResult(
-            task_id=options.task_id or str(uuid.uuid4()),
-            name=spec.name,
-            status=TaskStatus.PENDING,
-            # The executor that must run it; the hybrid picks one per task (no network I/O).
-            executor=self.executor.route(spec),
-            queue=self.executor.queue_for(spec),
-            args=json_args,
-            kwargs=json_kwargs,
-            submitted_at=utcnow(),
-        )
-        stored, created = await self.store.create(record)
+        checked = self._check(name, args, kwargs, options)
+        record = self._record(checked)
+        countdown = checked.options.countdown
+        # Celery on the store's own Redis: the message goes out in the record's own step.
+        push = self.executor.message_for(record, countdown, push_url=self.store.push_url)
+        stored, created = await self.store.create(record, push=push)
         if not created:
             return stored.task_id  # idempotent re-submit: the first submission stands
-        try:
-            await self.executor.dispatch(
-                stored, background_tasks=background_tasks, countdown=options.countdown
-            )
-        except ExecutorUnavailable as exc:
-            await mark_interrupted(self.store, stored.task_id, f"not dispatched: {exc}", self.hooks)
-            raise
-        self.hooks.after_submit(stored)
-        metrics.SUBMIT_DURATION.labels(executor=stored.executor).observe(
-            time.perf_counter() - began
-        )
+        if push is not None:
+            self.executor.sent_with_record(stored, countdown)
+        else:
+            try:
+                await self.executor.dispatch(
+                    stored, background_tasks=background_tasks, countdown=countdown
+                )
+            except ExecutorUnavailable as exc:
+                reason = f"not dispatched: {exc}"
+                await mark_interrupted(self.store, stored.task_id, reason, self.hooks)
+                raise
+        self._submitted(stored, time.perf_counter() - began)
         return stored.task_id
 
     async def submit_many(
         self, calls: Iterable[TaskCall], *, background_tasks: BackgroundTasks | None = None
     ) -> list[str]:
-        """Submit each call in order; returns their ids. A bad call raises before any later
-        one is submitted (earlier ones stand)."""
-        return [
-            await self.submit(
-                call.name,
-                *call.args,
-                background_tasks=background_tasks,
-                options=call.options,
-                **call.kwargs,
-            )
-            for call in calls
+        """Submit a batch; returns the ids in call order (an existing id: see submit()).
+
+        Every call is checked first, so a bad one raises (like submit()) before any record is
+        written. Then the records (with their Celery messages, when the broker is the store's
+        Redis) are written in one store round trip, and the rest dispatched together
+        (Celery-bound ones in one broker batch). A task that cannot be dispatched has its
+        record settled FAILURE while the others go ahead; the first such ExecutorUnavailable
+        is raised once all are handled. Each submitted task observes the batch's duration
+        divided by the batch size in tasklane_submit_duration_seconds.
+        """
+        began = time.perf_counter()
+        checked = [self._check(c.name, c.args, c.kwargs, c.options) for c in calls]
+        if not checked:
+            return []
+        # Routed only once every call passed its checks (routing counts its decisions).
+        records = [self._record(call) for call in checked]
+        push_url = self.store.push_url
+        pushes = [
+            self.executor.message_for(record, call.options.countdown, push_url=push_url)
+            for record, call in zip(records, checked, strict=True)
         ]
+        stored = await self.store.create_many(records, pushes=pushes)
+        sent: list[TaskResult] = []
+        batch: list[tuple[TaskResult, float | None]] = []
+        for (record, created), call, push in zip(stored, checked, pushes, strict=True):
+            if not created:
+                continue
+            if push is not None:
+                self.executor.sent_with_record(record, call.options.countdown)
+                sent.append(record)
+            else:
+                batch.append((record, call.options.countdown))
+        outcomes = (
+            await self.executor.dispatch_many(batch, background_tasks=background_tasks)
+            if batch
+            else []
+        )
+        share = (time.perf_counter() - began) / len(checked)
+        for record in sent:
+            self._submitted(record, share)
+        refused: ExecutorUnavailable | None = None
+        for (record, _), failure in zip(batch, outcomes, strict=True):
+            if failure is None:
+                self._submitted(record, share)
+                continue
+            reason = f"not dispatched: {failure}"
+            await mark_interrupted(self.store, record.task_id, reason, self.hooks)
+            refused = refused or failure
+        if refused is not None:
+            raise refused
+        return [record.task_id for record, _ in stored]
 
     async def get_result(self, task_id: str) -> TaskResult | None:
         """The task's record, or None for an id that was never submitted (or expired)."""
@@ -210,6 +251,40 @@ class TaskManager:
                     return record
                 await asyncio.sleep(delay)
                 delay = min(delay * 1.5, 0.5)
+
+    def _check(
+        self,
+        name: str,
+        args: Sequence[Any],
+        kwargs: dict[str, Any],
+        options: SubmitOptions | None,
+    ) -> _Checked:
+        """Everything submit refuses before writing: name, options, arguments (no I/O)."""
+        options = options or SubmitOptions()
+        spec = self.registry.get(name)
+        self._check_options(options)
+        json_args, json_kwargs = normalise_arguments(spec, tuple(args), kwargs)
+        return _Checked(spec, json_args, json_kwargs, options)
+
+    def _record(self, call: _Checked) -> TaskResult:
+        """The PENDING record of a checked call, routed (the hybrid decides without I/O).
+
+        Raises ExecutorUnavailable when no executor may take the task now.
+        """
+        return TaskResult(
+            task_id=call.options.task_id or str(uuid.uuid4()),
+            name=call.spec.name,
+            status=TaskStatus.PENDING,
+            executor=self.executor.route(call.spec),
+            queue=self.executor.queue_for(call.spec),
+            args=call.args,
+            kwargs=call.kwargs,
+            submitted_at=utcnow(),
+        )
+
+    def _submitted(self, record: TaskResult, seconds: float) -> None:
+        self.hooks.after_submit(record)
+        metrics.SUBMIT_DURATION.labels(executor=record.executor).observe(seconds)
 
     def _check_options(self, options: SubmitOptions) -> None:
         executor = self.executor

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
+
+from app.core.tasks.errors import ExecutorUnavailable
 
 if TYPE_CHECKING:
     from fastapi import BackgroundTasks
 
     from app.core.tasks.models import TaskResult, TaskSpec
+    from app.core.tasks.store import QueuePush
+
+#: What submit_many hands to dispatch_many: each new PENDING record with its countdown.
+Batch = Sequence[tuple["TaskResult", "float | None"]]
 
 
 class Executor:
@@ -36,6 +43,34 @@ class Executor:
         """Start (or queue) the task whose PENDING record was just written. With
         background_tasks, an in-process start waits until the HTTP response is sent."""
         raise NotImplementedError
+
+    async def dispatch_many(
+        self, batch: Batch, *, background_tasks: BackgroundTasks | None = None
+    ) -> Sequence[ExecutorUnavailable | None]:
+        """dispatch() each (record, countdown) in order; per task, None when it was handed
+        over, else the ExecutorUnavailable that refused it (the others still go ahead).
+        Executors that can publish in bulk override this."""
+        outcomes: list[ExecutorUnavailable | None] = []
+        for record, countdown in batch:
+            try:
+                await self.dispatch(record, background_tasks=background_tasks, countdown=countdown)
+            except ExecutorUnavailable as exc:
+                outcomes.append(exc)
+            else:
+                outcomes.append(None)
+        return outcomes
+
+    def message_for(
+        self, record: TaskResult, countdown: float | None, *, push_url: str | None
+    ) -> QueuePush | None:
+        """The broker message the store should push with the record, when the store's Redis
+        (push_url) is this executor's broker; None: dispatch() once the record is written.
+        No I/O (it runs inside submit)."""
+        return None
+
+    def sent_with_record(self, record: TaskResult, countdown: float | None) -> None:
+        """The message_for() message went out with its newly created record (instead of a
+        dispatch()): bookkeeping only, no I/O."""
 
     def route(self, spec: TaskSpec) -> str:
         """Name of the executor that will run a task of this spec, written into its record.

@@ -4,42 +4,60 @@ The message carries only the task name, the JSON arguments and the manager's tas
 PENDING record is already in the shared store, and the worker's task wrapper runs it through the
 same execute() as the in-process runner, writing STARTED/RETRY/SUCCESS/FAILURE into that record.
 
-Publishing blocks (kombu is synchronous), so it runs on a daemon thread and is bounded by
-`publish_timeout`: a dead or black-holed broker becomes BrokerUnavailable within that time
-instead of holding the request. A publish that times out may still land later; that is safe,
-because whoever takes the task back first changes the record's executor, and a worker refuses a
-record that is no longer routed to "celery".
+Publishing blocks (kombu is synchronous), so it runs on the executor's long-lived publisher
+threads (executors/publisher.py) and is bounded by `publish_timeout`: a dead or black-holed
+broker becomes BrokerUnavailable within that time instead of holding the request. A publish that
+times out may still land later; that is safe, because whoever takes the task back first changes
+the record's executor, and a worker refuses a record that is no longer routed to "celery" (or
+one already settled FAILURE).
+
+dispatch_many() (submit_many) publishes a whole batch through one producer, on one connection:
+inside kombu's Producer.batch() where kombu has it (>= 5.7: one Redis pipeline per chunk of
+PUBLISH_CHUNK messages), else one send_task after another on that producer.
+
+When the broker is the result store's own Redis, none of that runs for most tasks: message_for()
+encodes the message (executors/wire.py) and the store pushes it in the script that writes the
+PENDING record, so there is nothing left to publish, and nothing that can fail separately.
 """
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import logging
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from kombu.exceptions import KombuError
 from redis.exceptions import RedisError
 
 from app.core.tasks.errors import BrokerUnavailable, StoreUnavailable
-from app.core.tasks.executors.base import Executor
+from app.core.tasks.executors.base import Batch, Executor
+from app.core.tasks.executors.publisher import Publisher
+from app.core.tasks.executors.wire import WireFormat, wire_problem
 from app.core.tasks.hooks import TaskHooks
 from app.core.tasks.models import TaskStatus
 from app.core.tasks.queues import QueueRouting
 from app.core.tasks.registry import TaskRegistry
 from app.core.tasks.registry import registry as default_registry
-from app.core.tasks.threads import run_in_daemon_thread
 
 if TYPE_CHECKING:
     from celery import Celery
     from fastapi import BackgroundTasks
 
     from app.core.tasks.models import TaskResult, TaskSpec
-    from app.core.tasks.store import ResultStore
+    from app.core.tasks.store import QueuePush, ResultStore
 
 log = logging.getLogger("tasklane.celery")
 
-#: What a broker that is down, unreachable or refusing looks like from the publishing side.
+#: What a broker that is down, unreachable or refusing looks like from the publishing side
+#: (kombu's BatchPublishError, "delivery uncertain", is a KombuError).
 BROKER_ERRORS: tuple[type[BaseException], ...] = (KombuError, RedisError, OSError)
+#: Messages per publisher job in dispatch_many: each job is bounded by publish_timeout, so a
+#: batch of any size gets time in proportion, and a dead broker still fails within one timeout.
+PUBLISH_CHUNK = 500
+
+#: One message to publish: (task record, Celery queue, countdown).
+_Message = tuple["TaskResult", str, "float | None"]
 
 
 class CeleryExecutor(Executor):
@@ -63,6 +81,8 @@ class CeleryExecutor(Executor):
         queues: QueueRouting | None = None,
         registry: TaskRegistry = default_registry,
         owns_app: bool = False,
+        publish_threads: int = 4,
+        publish_with_record: bool = True,
     ) -> None:
         self.celery_app = celery_app
         #: Close the app's broker connections in stop() (an app built for this executor alone).
@@ -72,9 +92,34 @@ class CeleryExecutor(Executor):
         self.hooks = hooks or TaskHooks()
         self.queues = queues or QueueRouting()
         self.registry = registry
+        self.publisher = Publisher(threads=publish_threads)
+        #: May messages go out in the record's own store step (message_for), where possible?
+        self.publish_with_record = publish_with_record
+        self._wire_url: str | None = None
+        self._wire: WireFormat | None = None
 
     def queue_for(self, spec: TaskSpec) -> str:
         return self.queues.queue_for(spec)
+
+    def message_for(
+        self, record: TaskResult, countdown: float | None, *, push_url: str | None
+    ) -> QueuePush | None:
+        if push_url != self._wire_url:  # decided once per store URL, not per message
+            self._wire_url = push_url
+            problem = self.publish_problem(push_url)
+            self._wire = WireFormat(self.celery_app) if problem is None else None
+        if self._wire is None:
+            return None
+        return self._wire.push(
+            record, self.queues.queue_for(self.registry.get(record.name)), countdown
+        )
+
+    def publish_problem(self, push_url: str | None) -> str | None:
+        """Why messages cannot go out with their records in a store at push_url (None: they
+        can)."""
+        if not self.publish_with_record:
+            return "turned off (publish_with_record=False)"
+        return wire_problem(self.celery_app, push_url)
 
     async def dispatch(
         self,
@@ -89,27 +134,71 @@ class CeleryExecutor(Executor):
         Raises BrokerUnavailable when the broker does not take it within publish_timeout
         (UnknownTaskError for a name no longer registered).
         """
-        queue = self.queues.queue_for(self.registry.get(record.name))
-
-        def publish() -> None:
-            self.celery_app.send_task(
-                record.name,
-                args=record.args,
-                kwargs=record.kwargs,
-                queue=queue,
-                task_id=record.task_id,
-                countdown=countdown,
-                retry=False,
-            )
-
+        message = (record, self.queues.queue_for(self.registry.get(record.name)), countdown)
         try:
-            await asyncio.wait_for(run_in_daemon_thread(publish), self.publish_timeout)
+            await self.publisher.call(self._send, message, None, timeout=self.publish_timeout)
         except TimeoutError:
             raise BrokerUnavailable(
-                f"publishing to queue {queue!r} took longer than {self.publish_timeout:g} s"
+                f"publishing to queue {message[1]!r} took longer than {self.publish_timeout:g} s"
             ) from None
         except BROKER_ERRORS as exc:
             raise BrokerUnavailable(f"{type(exc).__name__}: {exc}") from exc
+
+    async def dispatch_many(
+        self, batch: Batch, *, background_tasks: BackgroundTasks | None = None
+    ) -> list[BrokerUnavailable | None]:
+        """Publish every (record, countdown) of the batch, PUBLISH_CHUNK messages per
+        publisher job on one producer; per task, None when its message was handed over, else
+        the BrokerUnavailable that stopped it. A chunk that fails counts wholly as failed
+        (a batch flush that fails leaves delivery uncertain), and once one fails the rest are
+        not tried: the broker is down.
+        """
+        messages = [
+            (record, self.queues.queue_for(self.registry.get(record.name)), countdown)
+            for record, countdown in batch
+        ]
+        outcomes: list[BrokerUnavailable | None] = []
+        failure: BrokerUnavailable | None = None
+        for start in range(0, len(messages), PUBLISH_CHUNK):
+            chunk = messages[start : start + PUBLISH_CHUNK]
+            if failure is None:
+                failure = await self._publish_chunk(chunk)
+            outcomes += [failure] * len(chunk)
+        return outcomes
+
+    async def _publish_chunk(self, chunk: Sequence[_Message]) -> BrokerUnavailable | None:
+        try:
+            await self.publisher.call(self._send_batch, chunk, timeout=self.publish_timeout)
+        except TimeoutError:
+            return BrokerUnavailable(
+                f"publishing {len(chunk)} task(s) took longer than {self.publish_timeout:g} s"
+            )
+        except BROKER_ERRORS as exc:
+            return BrokerUnavailable(f"{type(exc).__name__}: {exc}")
+        return None
+
+    # -- on a publisher thread ---------------------------------------------------------------
+
+    def _send(self, message: _Message, producer: Any) -> None:
+        record, queue, countdown = message
+        self.celery_app.send_task(
+            record.name,
+            args=record.args,
+            kwargs=record.kwargs,
+            queue=queue,
+            task_id=record.task_id,
+            countdown=countdown,
+            retry=False,
+            producer=producer,
+        )
+
+    def _send_batch(self, chunk: Sequence[_Message]) -> None:
+        with self.celery_app.producer_or_acquire() as producer:
+            batch = getattr(producer, "batch", None)  # kombu >= 5.7
+            grouped = batch(max_size=len(chunk)) if batch else contextlib.nullcontext()
+            with grouped:
+                for message in chunk:
+                    self._send(message, producer)
 
     async def cancel(self, task_id: str) -> None:
         """Revoke a task that had not started (its record is already CANCELLED). A running
@@ -131,24 +220,27 @@ class CeleryExecutor(Executor):
         False when the broadcast failed (logged). A worker that starts later never sees a
         revoke, which is fine: it refuses a record that is not waiting for it anyway."""
         try:
-            await asyncio.wait_for(
-                run_in_daemon_thread(
-                    self.celery_app.control.revoke, task_id, terminate=terminate, signal="SIGTERM"
-                ),
-                self.publish_timeout,
+            await self.publisher.call(
+                self._revoke, task_id, terminate, timeout=self.publish_timeout
             )
         except (TimeoutError, *BROKER_ERRORS) as exc:
             log.warning("could not revoke task %s: %s: %s", task_id, type(exc).__name__, exc)
             return False
         return True
 
+    def _revoke(self, task_id: str, terminate: bool) -> None:
+        self.celery_app.control.revoke(task_id, terminate=terminate, signal="SIGTERM")
+
     async def stop(self, grace: float) -> None:
+        self.publisher.stop()
         if self.owns_app:
             self.celery_app.close()
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()
+        problem = self.publish_problem(getattr(self.store, "push_url", None))
         info.update(
+            publish="with the record" if problem is None else f"send_task: {problem}",
             publish_timeout=self.publish_timeout,
             queues={"light": self.queues.light, "heavy": self.queues.heavy},
         )

@@ -17,19 +17,22 @@ At dispatch:
 
 Moving a task in 4 and 5 is one compare-and-set on its record, so it runs exactly once
 (executors/takeback.py). A pinned task is never moved: pinned to Celery it is treated like
-fallback=False at dispatch.
+fallback=False at dispatch. When the broker is the store's own Redis, a Celery-bound message is
+written with its record (CeleryExecutor.message_for): rule 4 cannot apply (no record, no
+message), rule 5 does. submit_many publishes its Celery-bound tasks in one batch (rule 4 per
+task whose publish failed), then starts the in-process ones.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from app.core.tasks import metrics
 from app.core.tasks.errors import BrokerUnavailable, ExecutorUnavailable, StoreUnavailable
-from app.core.tasks.executors.base import Executor
+from app.core.tasks.executors.base import Batch, Executor
 from app.core.tasks.executors.takeback import DispatchDeadline, take_back
 from app.core.tasks.hooks import TaskHooks
 from app.core.tasks.queues import QueueRouting
@@ -44,7 +47,7 @@ if TYPE_CHECKING:
     from app.core.tasks.metrics import FallbackReason
     from app.core.tasks.models import TaskResult, TaskSpec
     from app.core.tasks.monitor import WorkerMonitor
-    from app.core.tasks.store import ResultStore
+    from app.core.tasks.store import QueuePush, ResultStore
 
 log = logging.getLogger("tasklane.hybrid")
 
@@ -170,6 +173,16 @@ class HybridExecutor(Executor):
     def queue_for(self, spec: TaskSpec) -> str:
         return self.queues.queue_for(spec)
 
+    def message_for(
+        self, record: TaskResult, countdown: float | None, *, push_url: str | None
+    ) -> QueuePush | None:
+        if record.executor != "celery":
+            return None
+        return self.celery.message_for(record, countdown, push_url=push_url)
+
+    def sent_with_record(self, record: TaskResult, countdown: float | None) -> None:
+        self._track(record, countdown)
+
     async def dispatch(
         self,
         record: TaskResult,
@@ -192,8 +205,35 @@ class HybridExecutor(Executor):
         except BrokerUnavailable as exc:
             await self._publish_failed(record, exc, background_tasks, countdown)
             return
-        queue = self.queues.queue_for(self.registry.get(record.name))
-        self.deadline.track(record.task_id, record.name, queue, countdown)
+        self._track(record, countdown)
+
+    async def dispatch_many(
+        self, batch: Batch, *, background_tasks: BackgroundTasks | None = None
+    ) -> Sequence[ExecutorUnavailable | None]:
+        """dispatch() for a batch: the Celery-bound tasks go out in one broker batch (each one
+        whose publish fails gets the fallback of rule 4), then the in-process ones start."""
+        outcomes: list[ExecutorUnavailable | None] = [None] * len(batch)
+        remote = [index for index, (record, _) in enumerate(batch) if record.executor == "celery"]
+        published = await self.celery.dispatch_many([batch[index] for index in remote])
+        for index, failure in zip(remote, published, strict=True):
+            record, countdown = batch[index]
+            if failure is None:
+                self._track(record, countdown)
+                continue
+            try:
+                await self._publish_failed(record, failure, background_tasks, countdown)
+            except ExecutorUnavailable as exc:
+                outcomes[index] = exc
+        for index, (record, countdown) in enumerate(batch):
+            if record.executor == "celery":
+                continue
+            try:
+                await self.background.dispatch(
+                    record, background_tasks=background_tasks, countdown=countdown
+                )
+            except ExecutorUnavailable as exc:
+                outcomes[index] = exc
+        return outcomes
 
     async def cancel(self, task_id: str) -> None:
         self.deadline.forget(task_id)
@@ -205,6 +245,11 @@ class HybridExecutor(Executor):
             await self.celery.cancel(task_id)
         else:
             await self.background.cancel(task_id)
+
+    def _track(self, record: TaskResult, countdown: float | None) -> None:
+        """A message is on its way to Celery: watch its dispatch deadline (rule 5)."""
+        queue = self.queues.queue_for(self.registry.get(record.name))
+        self.deadline.track(record.task_id, record.name, queue, countdown)
 
     async def _publish_failed(
         self,

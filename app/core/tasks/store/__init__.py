@@ -5,11 +5,16 @@ both): `memory` for the embedded single mode, `redis` when several processes sha
 Besides records, the store keeps the small amount of coordination state the in-process runner
 needs across processes: which runner owns which unfinished task, runner heartbeats (so a dead
 runner's tasks can be marked Interrupted), and named leases (one scheduler among api replicas).
+
+A Redis store that is also the Celery broker can carry a task's broker message in the very step
+that creates its record (QueuePush, built by executors/wire.py): one round trip, and the message
+exists exactly when the record was created.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from app.core.tasks.models import TaskResult, TaskStatus
@@ -21,11 +26,39 @@ if TYPE_CHECKING:
 Mutation = Callable[[TaskResult], TaskResult | None]
 
 
+@dataclass(frozen=True, slots=True)
+class QueuePush:
+    """A broker message to LPUSH onto the Redis list `key` (a Celery queue) with its record."""
+
+    key: str
+    payload: str
+
+
 class ResultStore(Protocol):
     kind: str
 
-    async def create(self, record: TaskResult) -> tuple[TaskResult, bool]:
-        """Store record unless its id exists; returns (stored record, created?)."""
+    #: The Redis URL a QueuePush given to create() lands on; None: this store cannot carry one.
+    push_url: str | None
+
+    async def create(
+        self, record: TaskResult, *, push: QueuePush | None = None
+    ) -> tuple[TaskResult, bool]:
+        """Store record unless its id exists; returns (stored record, created?). `push` is
+        pushed in the same atomic step, only when the record is created.
+
+        Raises ValueError for a push given to a store that cannot carry messages.
+        """
+        ...
+
+    async def create_many(
+        self,
+        records: Sequence[TaskResult],
+        *,
+        pushes: Sequence[QueuePush | None] | None = None,
+    ) -> list[tuple[TaskResult, bool]]:
+        """create() for each record (with pushes[i], when given), in order, in one step (one
+        round trip on Redis); an id repeated in the batch counts as existing from its first
+        occurrence on."""
         ...
 
     async def get(self, task_id: str) -> TaskResult | None:

@@ -9,14 +9,15 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from app.core.tasks.models import TaskResult, TaskStatus
-from app.core.tasks.store import Mutation
+from app.core.tasks.store import Mutation, QueuePush
 
 
 class MemoryStore:
     kind = "memory"
+    push_url: str | None = None
 
     def __init__(self, *, result_ttl: float = 86_400, max_records: int = 10_000) -> None:
         self._ttl = result_ttl
@@ -28,14 +29,22 @@ class MemoryStore:
         self._runners: dict[str, float] = {}
         self._leases: dict[str, tuple[str, float]] = {}
 
-    async def create(self, record: TaskResult) -> tuple[TaskResult, bool]:
+    async def create(
+        self, record: TaskResult, *, push: QueuePush | None = None
+    ) -> tuple[TaskResult, bool]:
+        [outcome] = await self.create_many([record], pushes=[push])
+        return outcome
+
+    async def create_many(
+        self,
+        records: Sequence[TaskResult],
+        *,
+        pushes: Sequence[QueuePush | None] | None = None,
+    ) -> list[tuple[TaskResult, bool]]:
+        if pushes is not None and any(push is not None for push in pushes):
+            raise ValueError("the memory store has no broker to push a message to")
         with self._lock:
-            existing = self._live(record.task_id)
-            if existing is not None:
-                return existing, False
-            self._records[record.task_id] = (record, time.monotonic() + self._ttl)
-            self._evict()
-            return record, True
+            return [self._create(record) for record in records]
 
     async def get(self, task_id: str) -> TaskResult | None:
         with self._lock:
@@ -120,6 +129,14 @@ class MemoryStore:
 
     async def close(self) -> None:
         return None
+
+    def _create(self, record: TaskResult) -> tuple[TaskResult, bool]:
+        existing = self._live(record.task_id)
+        if existing is not None:
+            return existing, False
+        self._records[record.task_id] = (record, time.monotonic() + self._ttl)
+        self._evict()
+        return record, True
 
     def _live(self, task_id: str) -> TaskResult | None:
         entry = self._records.get(task_id)

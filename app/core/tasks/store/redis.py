@@ -10,15 +10,20 @@ Keys, all under the configurable prefix (default "tasklane:"):
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
-from redis.exceptions import WatchError
+from redis.exceptions import NoScriptError, WatchError
 
 from app.core.redis_client import LoopLocalRedis, translate_unavailable
 from app.core.tasks.models import TaskResult, TaskStatus
-from app.core.tasks.store import Mutation
+from app.core.tasks.store import Mutation, QueuePush
+
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +45,55 @@ return 0
 """
 _LIST_PAGE = 200
 
+# create() and create_many() in one round trip, atomically. KEYS: the recent index, then per
+# record its key and the list its message goes to (its own key again when it has none); ARGV:
+# ttl, recent_max, the length of the record keys' prefix (the id follows it), then per record
+# (json, score, message or ""). Each record is SET NX; only a created one joins the index
+# (trimmed once) and gets its message pushed, so the message never exists without its PENDING
+# record and a re-submit pushes nothing. For an id that exists, its stored JSON comes back and
+# nothing is touched: a re-submit never re-adds (nor re-scores) an id, even one trimmed out of
+# the index. Reply per record: 1 (created) or the existing JSON.
+_CREATE = """
+local ttl, keep, skip = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local replies, members, lists = {}, {}, {}
+for n = 1, (#KEYS - 1) / 2 do
+  local key, at = KEYS[2 * n], 3 * n + 1
+  if redis.call('SET', key, ARGV[at], 'NX', 'EX', ttl) then
+    members[#members + 1] = ARGV[at + 1]
+    members[#members + 1] = string.sub(key, skip + 1)
+    if ARGV[at + 2] ~= '' then
+      local list = KEYS[2 * n + 1]
+      lists[list] = lists[list] or {}
+      table.insert(lists[list], ARGV[at + 2])
+    end
+    replies[n] = 1
+  else
+    replies[n] = redis.call('GET', key)
+  end
+end
+-- One ZADD and one LPUSH per list for the whole chunk: the same writes, in the same order
+-- (LPUSH a b == LPUSH a; LPUSH b), at a fraction of the per-call cost.
+if #members > 0 then
+  redis.call('ZADD', KEYS[1], unpack(members))
+  redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -(keep + 1))
+end
+for list, messages in pairs(lists) do
+  redis.call('LPUSH', list, unpack(messages))
+end
+return replies
+"""
+_CREATE_SHA = hashlib.sha1(_CREATE.encode()).hexdigest()
+#: Records per script call in create_many: Redis runs nothing else while a script runs (and
+#: unpack() of a chunk's index members stays far below Lua's 8000-value limit).
+_CREATE_CHUNK = 500
+
+
+#: One encoder for every record: json.dumps(separators=...) would build a new one per call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
+
 
 def encode(record: TaskResult) -> str:
-    return json.dumps(record.to_dict(), separators=(",", ":"))
+    return _ENCODER.encode(record.to_dict())
 
 
 def decode(raw: str) -> TaskResult:
@@ -61,6 +112,8 @@ class RedisStore:
         recent_max: int = 10_000,
     ) -> None:
         self.prefix = prefix
+        #: Where a QueuePush lands: this store's own Redis (see executors/wire.py).
+        self.push_url: str | None = url
         self._redis = LoopLocalRedis(url)
         self._ttl = result_ttl
         self._recent_max = recent_max
@@ -70,22 +123,51 @@ class RedisStore:
     def key(self, task_id: str) -> str:
         return f"{self.prefix}task:{task_id}"
 
-    async def create(self, record: TaskResult) -> tuple[TaskResult, bool]:
+    async def create(
+        self, record: TaskResult, *, push: QueuePush | None = None
+    ) -> tuple[TaskResult, bool]:
+        [outcome] = await self.create_many([record], pushes=[push])
+        return outcome
+
+    async def create_many(
+        self,
+        records: Sequence[TaskResult],
+        *,
+        pushes: Sequence[QueuePush | None] | None = None,
+    ) -> list[tuple[TaskResult, bool]]:
+        pushes = pushes if pushes is not None else [None] * len(records)
+        # An id repeated in the batch is sent once: the script would report the repeat as
+        # existing anyway, but only after shipping its record (and message) for nothing.
+        first: dict[str, int] = {}
+        unique = [i for i, r in enumerate(records) if first.setdefault(r.task_id, i) == i]
+        outcomes: dict[str, tuple[TaskResult, bool]] = {}
         client = self._redis.client()
-        async with translate_unavailable("creating a task record"):
+        async with translate_unavailable("creating task records"):
+            for start in range(0, len(unique), _CREATE_CHUNK):
+                chunk = [(records[i], pushes[i]) for i in unique[start : start + _CREATE_CHUNK]]
+                replies = await self._create_script(client, chunk)
+                for (record, _), reply in zip(chunk, replies, strict=True):
+                    created = reply == 1
+                    outcomes[record.task_id] = (record, True) if created else (decode(reply), False)
+        return [
+            outcomes[r.task_id] if first[r.task_id] == i else (outcomes[r.task_id][0], False)
+            for i, r in enumerate(records)
+        ]
+
+    async def _create_script(
+        self, client: aioredis.Redis, chunk: Sequence[tuple[TaskResult, QueuePush | None]]
+    ) -> list[int | str]:
+        keys = [self._recent]
+        args: list[str | int | float] = [self._ttl, self._recent_max, len(self.key(""))]
+        for record, push in chunk:
             key = self.key(record.task_id)
-            created = await client.set(key, encode(record), nx=True, ex=self._ttl)
-            if not created:
-                raw = await client.get(self.key(record.task_id))
-                if raw is not None:
-                    return decode(raw), False
-                # Expired between SET NX and GET: store ours after all.
-                await client.set(self.key(record.task_id), encode(record), ex=self._ttl)
-            async with client.pipeline(transaction=False) as pipe:
-                pipe.zadd(self._recent, {record.task_id: record.submitted_at.timestamp()})
-                pipe.zremrangebyrank(self._recent, 0, -(self._recent_max + 1))
-                await pipe.execute()
-        return record, True
+            keys += (key, push.key if push else key)
+            args += (encode(record), record.submitted_at.timestamp(), push.payload if push else "")
+        try:
+            return await client.evalsha(_CREATE_SHA, len(keys), *keys, *args)
+        except NoScriptError:
+            # First use on this server (or after a restart, SCRIPT FLUSH): EVAL caches it.
+            return await client.eval(_CREATE, len(keys), *keys, *args)
 
     async def get(self, task_id: str) -> TaskResult | None:
         async with translate_unavailable("reading a task record"):

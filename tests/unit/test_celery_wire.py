@@ -1,0 +1,228 @@
+"""executors/wire.py: the Celery message tasklane pushes with a task's record is the one
+celery_app.send_task would have published (read back from a real redis-server), and it is only
+used where nothing else would see or change the message on the way."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import redis
+from celery import Celery, signals
+from kombu import Exchange, Queue
+
+from app.config import Settings
+from app.core.tasks.executors.wire import WireFormat, same_redis, wire_problem
+from app.core.tasks.models import TaskResult, TaskStatus
+from app.workers.celery_app import create_celery_app
+
+
+def make_record(args: list[Any], kwargs: dict[str, Any], task_id: str = "wire-1") -> TaskResult:
+    # A name the app has not bound: send_task then merges no task options, as for the api.
+    return TaskResult(
+        task_id=task_id,
+        name="wire_probe",
+        status=TaskStatus.PENDING,
+        executor="celery",
+        queue="light",
+        args=args,
+        kwargs=kwargs,
+    )
+
+
+@pytest.fixture
+def app(redis_url: str) -> Iterator[Celery]:
+    celery = create_celery_app(Settings(celery_broker_url=redis_url, redis_url=redis_url))
+    yield celery
+    celery.close()
+
+
+@pytest.fixture
+def client(redis_url: str) -> Iterator[redis.Redis]:
+    connection = redis.Redis.from_url(redis_url, decode_responses=True)
+    yield connection
+    connection.close()
+
+
+def sent_by_celery(
+    app: Celery, client: redis.Redis, record: TaskResult, queue: str, countdown: float | None
+) -> dict[str, Any]:
+    """The message send_task leaves in the queue's list, decoded."""
+    app.send_task(
+        record.name,
+        args=record.args,
+        kwargs=record.kwargs,
+        queue=queue,
+        task_id=record.task_id,
+        countdown=countdown,
+        retry=False,
+    )
+    [raw] = client.lrange(queue, 0, -1)
+    client.delete(queue)
+    return json.loads(raw)
+
+
+def comparable(message: dict[str, Any]) -> dict[str, Any]:
+    """The message with its body decoded, and without what differs between any two
+    publishes of the same task (a fresh delivery tag; the eta, read from the clock)."""
+    headers = dict(message["headers"])
+    headers.pop("eta")
+    properties = dict(message["properties"])
+    assert properties.pop("delivery_tag")
+    return {
+        **message,
+        "body": json.loads(base64.b64decode(message["body"])),
+        "headers": headers,
+        "properties": properties,
+    }
+
+
+def eta(message: dict[str, Any]) -> float | None:
+    value = message["headers"]["eta"]
+    return datetime.fromisoformat(value).timestamp() if value else None
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs"),
+    [
+        ([1, "two"], {"three": 3.0}),
+        ([], {}),
+        (
+            ["it's", 'say "hi"', "back\\slash", "new\nline", "é ✓", None, True, 2**70],
+            {"deep": {"a": {"b": {"c": [1]}}}, "flat": [1.5, -0.0]},
+        ),
+        (["x" * 3000], {"many": list(range(500))}),
+    ],
+)
+@pytest.mark.parametrize("countdown", [None, 30])
+def test_the_message_is_the_one_send_task_publishes(
+    app: Celery,
+    client: redis.Redis,
+    args: list[Any],
+    kwargs: dict[str, Any],
+    countdown: float | None,
+) -> None:
+    record = make_record(args, kwargs)
+
+    push = WireFormat(app).push(record, "light", countdown)
+    theirs = sent_by_celery(app, client, record, "light", countdown)
+
+    assert push is not None
+    assert push.key == "light"  # the base list: priority 0 is never a priority sub-list
+    ours = json.loads(push.payload)
+    assert comparable(ours) == comparable(theirs)
+    assert ours["properties"]["delivery_tag"] != theirs["properties"]["delivery_tag"]
+    if countdown is None:
+        assert eta(ours) is eta(theirs) is None
+    else:
+        assert eta(ours) == pytest.approx(eta(theirs), abs=1.0)
+        assert eta(ours) == pytest.approx(time.time() + countdown, abs=2.0)
+
+
+def test_inside_a_worker_task_the_message_links_its_parent_like_send_task(
+    app: Celery, client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    parent = SimpleNamespace(
+        request=SimpleNamespace(id="parent-1", root_id="root-1", delivery_info={}),
+        add_trail=lambda result: None,
+    )
+    monkeypatch.setattr(type(app), "current_worker_task", property(lambda self: parent))
+    record = make_record([1], {})
+
+    push = WireFormat(app).push(record, "heavy", None)
+    theirs = sent_by_celery(app, client, record, "heavy", None)
+
+    assert push is not None
+    ours = json.loads(push.payload)
+    assert (ours["headers"]["root_id"], ours["headers"]["parent_id"]) == ("root-1", "parent-1")
+    assert comparable(ours) == comparable(theirs)
+
+
+def test_a_queue_the_app_does_not_declare_as_plain_direct_is_left_to_send_task(
+    redis_url: str,
+) -> None:
+    app = create_celery_app(Settings(celery_broker_url=redis_url, redis_url=redis_url))
+    app.conf.task_queues = (
+        *app.conf.task_queues,
+        Queue("expiring", Exchange("expiring", type="direct"), routing_key="x", expires=60),
+        Queue("topical", Exchange("topical", type="topic"), routing_key="t.#"),
+    )
+    wire = WireFormat(app)
+    record = make_record([1], {})
+    try:
+        assert wire.push(record, "light", None) is not None
+        assert wire.push(record, "undeclared", None) is None
+        assert wire.push(record, "expiring", None) is None  # kombu would add PEXPIREs
+        assert wire.push(record, "topical", None) is None  # routed through a topic exchange
+    finally:
+        app.close()
+
+
+def test_a_publish_signal_receiver_gets_send_task_instead(app: Celery) -> None:
+    seen: list[str] = []
+
+    def receiver(sender: str | None = None, **_: object) -> None:
+        seen.append(str(sender))
+
+    wire = WireFormat(app)
+    signals.before_task_publish.connect(receiver, weak=False)
+    try:
+        assert wire.push(make_record([1], {}), "light", None) is None
+    finally:
+        signals.before_task_publish.disconnect(receiver)
+    assert wire.push(make_record([1], {}), "light", None) is not None
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ({"broker_url": "redis://127.0.0.1:1/0"}, "not the result store's Redis"),
+        ({"broker_write_url": "redis://127.0.0.1:1/0"}, "not the result store's Redis"),
+        ({"broker_transport_options": {"global_keyprefix": "x:"}}, "global_keyprefix"),
+        ({"task_compression": "gzip"}, "task_compression"),
+        ({"task_serializer": "pickle"}, "task_serializer"),
+        ({"task_protocol": 1}, "task_protocol"),
+        ({"task_send_sent_event": True}, "task_send_sent_event"),
+        ({"task_default_priority": 5}, "priority"),
+        ({"task_inherit_parent_priority": True}, "priority"),
+    ],
+)
+def test_wire_problem_names_what_send_task_would_do_differently(
+    app: Celery, redis_url: str, change: dict[str, Any], problem: str
+) -> None:
+    assert wire_problem(app, redis_url) is None
+    app.conf.update(change)
+
+    found = wire_problem(app, redis_url)
+
+    assert found is not None
+    assert problem in found
+
+
+def test_wire_problem_without_a_redis_store(app: Celery) -> None:
+    assert wire_problem(app, None) == "the result store is not Redis"
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "same"),
+    [
+        ("redis://h:6379/0", "redis://h/0", True),
+        ("redis://h:6379", "redis://h:6379/0", True),
+        ("redis://:pw@h:6379/0", "redis://:pw@h:6379/0", True),
+        ("redis://h:6379/1", "redis://h:6379/0", False),
+        ("redis://h:6380/0", "redis://h:6379/0", False),
+        ("redis://:pw@h/0", "redis://:other@h/0", False),
+        ("redis://h/0", "rediss://h/0", False),
+        ("unix:///run/redis.sock", "unix:///run/redis.sock", True),
+        ("sentinel://h:26379/0", "sentinel://h:26379/0", False),
+    ],
+)
+def test_same_redis(a: str, b: str, same: bool) -> None:
+    assert same_redis(a, b) is same
+    assert same_redis(b, a) is same
