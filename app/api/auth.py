@@ -1,6 +1,7 @@
 """Bearer-token guard for mutating endpoints, on when TASKLANE_API_TOKEN is set.
 
-GETs stay open (status pages, probes, dashboards); every POST depends on require_token. The
+GETs stay open (status pages, probes, dashboards); every POST depends on require_token,
+directly or through app/api/dependencies.py's AuthorisedManager (the task routes). The
 WebSocket handler uses token_matches() with a header or ?token= (browsers cannot set headers
 on a WebSocket).
 """

@@ -1,8 +1,9 @@
 """Limits on what a request may carry: the body size (BodySizeLimit).
 
-A declared Content-Length above the limit is answered 413 at once, without reading a byte. A
-body without one (chunked) is counted while it streams in; the first chunk past the limit
-aborts the read with the same 413, so a client cannot make the app hold an unbounded body.
+A declared Content-Length above the limit is answered 413 at once, without reading a byte; one
+within it needs no further check (the server frames the body by it). A body without one
+(chunked) is counted while it streams in; the first chunk past the limit aborts the read with
+the same 413, so a client cannot make the app hold an unbounded body.
 Task arguments are checked by the task system itself (app/core/tasks/arguments.py).
 """
 
@@ -35,9 +36,14 @@ class BodySizeLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = _content_length(scope)
+        declared, chunked = _framing(scope)
         if declared is not None and declared > self.max_bytes:
             await self._reject(send)
+            return
+        if declared is not None and not chunked:
+            # The server frames this body by its Content-Length (bytes past it would be the
+            # next request), so it cannot grow past the limit: nothing to count or wrap.
+            await self.app(scope, receive, send)
             return
 
         received = 0
@@ -86,11 +92,18 @@ class BodySizeLimit:
         await send({"type": "http.response.body", "body": body})
 
 
-def _content_length(scope: Scope) -> int | None:
+def _framing(scope: Scope) -> tuple[int | None, bool]:
+    """The declared Content-Length (None when absent or malformed), and whether a
+    Transfer-Encoding header is present (it overrides Content-Length: RFC 9112 §6.3)."""
+    length: int | None = None
+    seen_length = transfer_encoding = False
     for name, value in scope.get("headers", ()):
-        if name == b"content-length":
+        if name == b"content-length" and not seen_length:
+            seen_length = True
             try:
-                return int(value)
+                length = int(value)
             except ValueError:
-                return None  # the server rejects a malformed length before we see it
-    return None
+                length = None  # the server rejects a malformed length before we see it
+        elif name == b"transfer-encoding":
+            transfer_encoding = True
+    return length, transfer_encoding

@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core.metrics_exposition import render_latest
 from app.core.tasks import metrics as task_metrics
+from app.core.tasks.hooks import Children
 
 router = APIRouter(tags=["metrics"])
 
@@ -39,6 +40,8 @@ class HttpMetrics:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        self._requests = Children(task_metrics.HTTP_REQUESTS)
+        self._duration = Children(task_metrics.HTTP_REQUEST_DURATION)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -58,12 +61,8 @@ class HttpMetrics:
         finally:
             handler = _handler(scope)
             method = scope["method"]
-            task_metrics.HTTP_REQUESTS.labels(
-                method=method, handler=handler, status=str(status)
-            ).inc()
-            task_metrics.HTTP_REQUEST_DURATION.labels(method=method, handler=handler).observe(
-                time.perf_counter() - began
-            )
+            self._requests(method, handler, str(status)).inc()
+            self._duration(method, handler).observe(time.perf_counter() - began)
 
 
 def _handler(scope: Scope) -> str:

@@ -7,10 +7,9 @@ from __future__ import annotations
 import inspect
 from typing import Annotated, Any
 
-from fastapi import APIRouter, BackgroundTasks, Depends, Query, Request
+from fastapi import APIRouter, BackgroundTasks, Query, Request
 
-from app.api.auth import require_token
-from app.api.dependencies import Manager, status_url
+from app.api.dependencies import AuthorisedManager, Manager, status_url
 from app.api.errors import ERRORS, INVALID, MUTATING, ErrorBody, SafeJSONResponse
 from app.api.schemas import (
     CancelResponse,
@@ -71,11 +70,13 @@ router = APIRouter(prefix="/api/tasks", tags=["tasks"])
     "",
     status_code=202,
     response_model=SubmitResponse,
-    dependencies=[Depends(require_token)],
     responses={**ERRORS, **INVALID, **MUTATING},
 )
 async def submit_task(
-    body: SubmitRequest, request: Request, background_tasks: BackgroundTasks, manager: Manager
+    body: SubmitRequest,
+    request: Request,
+    background_tasks: BackgroundTasks,
+    manager: AuthorisedManager,
 ) -> SubmitResponse:
     """Submit a registered task by name; it starts after this response is sent.
 
@@ -157,14 +158,13 @@ async def task_status(task_id: TaskIdPath, manager: Manager) -> SafeJSONResponse
 @router.post(
     "/{task_id}/cancel",
     response_model=CancelResponse,
-    dependencies=[Depends(require_token)],
     responses={
         **ERRORS,
         **MUTATING,
         409: {"model": ErrorBody, "description": "The task already finished"},
     },
 )
-async def cancel_task(task_id: TaskIdPath, manager: Manager) -> CancelResponse:
+async def cancel_task(task_id: TaskIdPath, manager: AuthorisedManager) -> CancelResponse:
     """Cancel a waiting task, or ask a running one to stop; 409 once it has finished."""
     outcome, record = await manager.cancel_task(task_id)
     return CancelResponse(
@@ -190,13 +190,12 @@ async def _maintenance(
     "/rating/recalculate",
     status_code=202,
     response_model=MaintenanceResponse,
-    dependencies=[Depends(require_token)],
     responses={**ERRORS, **INVALID, **MUTATING},
 )
 async def recalculate_ratings(
     request: Request,
     background_tasks: BackgroundTasks,
-    manager: Manager,
+    manager: AuthorisedManager,
     body: RecalculateRequest | None = None,
 ) -> MaintenanceResponse:
     """Recalculate one resource's rating ({"resource_id": ...}), or all of them (no body)."""
@@ -211,11 +210,10 @@ async def recalculate_ratings(
     "/impressions/sync",
     status_code=202,
     response_model=MaintenanceResponse,
-    dependencies=[Depends(require_token)],
     responses={**ERRORS, **MUTATING},
 )
 async def sync_impressions(
-    request: Request, background_tasks: BackgroundTasks, manager: Manager
+    request: Request, background_tasks: BackgroundTasks, manager: AuthorisedManager
 ) -> MaintenanceResponse:
     """Fold the impression counts recorded since the last sync into the resources."""
     return await _maintenance(request, manager, background_tasks, "sync_impressions_from_redis")
@@ -225,11 +223,10 @@ async def sync_impressions(
     "/cleanup/sessions",
     status_code=202,
     response_model=MaintenanceResponse,
-    dependencies=[Depends(require_token)],
     responses={**ERRORS, **MUTATING},
 )
 async def cleanup_sessions(
-    request: Request, background_tasks: BackgroundTasks, manager: Manager
+    request: Request, background_tasks: BackgroundTasks, manager: AuthorisedManager
 ) -> MaintenanceResponse:
     """Delete expired audio sessions."""
     return await _maintenance(request, manager, background_tasks, "cleanup_sessions")

@@ -69,3 +69,18 @@ def test_empty_token_means_auth_is_off(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = Settings(store="memory", executor="background", scheduler="off")
     with TestClient(create_app(settings)) as client:
         assert client.post("/api/tasks/cleanup/sessions").status_code == 202
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/api/tasks", {"name": ""}),  # would be a 422 with the token
+        ("/api/tasks", {"name": "calculate_rating", "surprise": 1}),
+        ("/api/tasks/rating/recalculate", {"resource_id": ""}),
+        ("/api/tasks/not an id!/cancel", None),
+    ],
+)
+def test_the_token_is_checked_before_the_request_is_validated(
+    client: TestClient, path: str, body: object
+) -> None:
+    assert client.post(path, json=body).status_code == 401

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
+from datetime import UTC, datetime
 
 import pytest
 
 from app.core.tasks import TaskContext, TaskManager, TaskStatus, task
+from app.core.tasks import hooks as hooks_module
 from app.core.tasks.executors.background import BackgroundTasksExecutor
 from app.core.tasks.hooks import HookChain, TransitionLog
 from app.core.tasks.store.memory import MemoryStore
@@ -77,3 +80,64 @@ async def test_each_transition_logs_exactly_one_line(
         retry = lines[2]
         assert retry.error_type == "ValueError"
         assert retry.error == "first attempt fails"
+
+
+@pytest.mark.parametrize(
+    "created",
+    [0.0, 1.0005, 1700000000.0004999, 1700000000.9994999, 1700000000.9999996, 1234567890.123456],
+)
+def test_json_timestamp_is_what_datetime_isoformat_gives(created: float) -> None:
+    record = _record()
+    record.created = created
+
+    payload = json.loads(JsonFormatter().format(record))
+
+    expected = datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")
+    assert payload["ts"] == expected
+
+
+@pytest.mark.parametrize("with_exception", [False, True])
+@pytest.mark.parametrize("with_stack", [False, True])
+def test_text_formatter_writes_what_the_generic_formatter_would(
+    with_exception: bool, with_stack: bool
+) -> None:
+    generic = logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
+    record = _record(task_id="t-1", attempt=2)
+    if with_exception:
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            record.exc_info = sys.exc_info()
+    if with_stack:
+        record.stack_info = "Stack (most recent call last):\n  here"
+
+    line = TextFormatter().format(record)
+    record.exc_text = None  # let the generic formatter render the traceback itself
+
+    assert line == f"{generic.format(record)} task_id=t-1 attempt=2"
+
+
+@pytest.mark.asyncio
+async def test_transition_lines_name_their_hook_and_build_nothing_when_off(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = MemoryStore()
+    hooks = HookChain([TransitionLog()])
+    manager = TaskManager(
+        store=store, executor=BackgroundTasksExecutor(store, hooks=hooks), hooks=hooks
+    )
+    caplog.set_level(logging.INFO, logger="tasklane.tasks")
+    task_id = await manager.submit("test_logging_flaky", False)
+    await manager.wait(task_id, timeout=10)
+    await manager.executor.wait_all(timeout=10)
+    lines = [r for r in caplog.records if getattr(r, "task_id", None) == task_id]
+    assert [r.funcName for r in lines] == ["after_submit", "on_transition", "on_transition"]
+    assert all(r.pathname == hooks_module.__file__ for r in lines)
+
+    built: list[object] = []
+    monkeypatch.setattr(hooks_module, "_fields", lambda record: built.append(record) or {})
+    caplog.set_level(logging.WARNING, logger="tasklane.tasks")
+    quiet_id = await manager.submit("test_logging_flaky", False)
+    await manager.wait(quiet_id, timeout=10)
+    await manager.executor.wait_all(timeout=10)
+    assert built == []

@@ -10,6 +10,8 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import math
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, get_type_hints
 
@@ -57,6 +59,20 @@ def normalise_arguments(
     Raises InvalidTaskArgs naming the problem: wrong count, unknown keyword, a value whose type
     does not match the annotation (strictly: "5" is not an int), or a value JSON cannot carry.
     """
+    # Fast path: plain JSON values copied in one walk and checked against a per-spec plan.
+    # It only ever says yes; on any doubt the full check below runs and names the problem.
+    json_args = plain_json_copy(args)
+    if json_args is not NOT_PLAIN:
+        json_kwargs = plain_json_copy(kwargs)
+        if json_kwargs is not NOT_PLAIN and _plan_of(spec).accepts(json_args, json_kwargs):
+            return json_args, json_kwargs
+    return _checked_arguments(spec, args, kwargs)
+
+
+def _checked_arguments(
+    spec: TaskSpec, args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any]
+) -> tuple[list[Any], dict[str, Any]]:
+    """normalise_arguments() the thorough way: a JSON round trip, then Signature.bind."""
     problem = storable_problem([list(args), kwargs])
     if problem is not None:
         raise InvalidTaskArgs(spec.name, problem)
@@ -70,7 +86,7 @@ def normalise_arguments(
             spec.name, "arguments change in a JSON round-trip (use lists, not tuples or sets)"
         )
 
-    signature, adapters = _signature_of(spec)
+    signature, adapters, _ = _signature_of(spec)
     try:
         bound = signature.bind(*json_args, **json_kwargs)
     except TypeError as exc:
@@ -95,8 +111,11 @@ def normalise_arguments(
 
 
 @lru_cache(maxsize=512)
-def _signature_of(spec: TaskSpec) -> tuple[inspect.Signature, dict[str, TypeAdapter[Any]]]:
-    """The callable's signature without the context parameter, and a validator per annotation."""
+def _signature_of(
+    spec: TaskSpec,
+) -> tuple[inspect.Signature, dict[str, TypeAdapter[Any]], dict[str, Any]]:
+    """The callable's signature without the context parameter, a validator per annotation, and
+    the annotations themselves."""
     signature = inspect.signature(spec.func)
     parameters = list(signature.parameters.values())
     if spec.takes_context:
@@ -116,4 +135,202 @@ def _signature_of(spec: TaskSpec) -> tuple[inspect.Signature, dict[str, TypeAdap
         for parameter in parameters
         if parameter.name in hints
     }
-    return signature, adapters
+    return signature, adapters, hints
+
+
+@lru_cache(maxsize=512)
+def _plan_of(spec: TaskSpec) -> ArgumentPlan:
+    return ArgumentPlan.build(*_signature_of(spec))
+
+
+# -- the fast path ---------------------------------------------------------------------------
+
+#: What plain_json_copy() returns for a value it will not vouch for.
+NOT_PLAIN: Any = object()
+
+#: Ints longer than this many bits go the slow way: past sys.get_int_max_str_digits() (4300
+#: digits, about 14,000 bits) json.dumps refuses them, and the slow path says so.
+_MAX_INT_BITS = 10_000
+#: Deeper than this the slow path decides (storable_problem counts from the [args, kwargs] pair).
+_MAX_PLAIN_DEPTH = MAX_NESTING - 10
+
+
+class _NotPlain(Exception):
+    """Raised inside the copy walk: give up and let the slow path decide."""
+
+
+def plain_json_copy(value: object) -> Any:
+    """A deep copy of value (a tuple comes back a list) when it holds only exact JSON types;
+    else NOT_PLAIN.
+
+    Exact types only (str, int, float, bool, None, list, dict with str keys; no subclasses,
+    no NaN or infinity, no lone surrogates): for those a JSON round trip gives an equal copy,
+    so this one walk stands in for storable_problem + dumps + loads + the equality check.
+    Top-level tuples are allowed because *args arrives as one.
+    """
+    try:
+        if type(value) is tuple:
+            return [_copy(item, 1) for item in value]
+        return _copy(value, 0)
+    except (_NotPlain, RecursionError):
+        return NOT_PLAIN
+
+
+def _copy(value: object, depth: int) -> Any:
+    kind = type(value)
+    if kind is str:
+        _check_text(value)  # type: ignore[arg-type]
+        return value
+    if kind is int:
+        if value.bit_length() > _MAX_INT_BITS:  # type: ignore[attr-defined]
+            raise _NotPlain
+        return value
+    if kind is float:
+        if not math.isfinite(value):  # type: ignore[arg-type]
+            raise _NotPlain
+        return value
+    if value is None or kind is bool:
+        return value
+    if depth >= _MAX_PLAIN_DEPTH:
+        raise _NotPlain
+    if kind is list:
+        return [_copy(item, depth + 1) for item in value]  # type: ignore[attr-defined]
+    if kind is dict:
+        copied = {}
+        for key, item in value.items():  # type: ignore[attr-defined]
+            if type(key) is not str:
+                raise _NotPlain
+            _check_text(key)
+            copied[key] = _copy(item, depth + 1)
+        return copied
+    raise _NotPlain
+
+
+def _check_text(text: str) -> None:
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise _NotPlain from None
+
+
+#: Annotations whose strict validation accepts a value of exactly that type (pydantic strict
+#: mode: bool is no int). A value of another type still goes to pydantic, which may accept it
+#: (an int for a float) or not.
+_EXACT: tuple[type, ...] = (int, str, float, bool)
+
+_POSITIONAL = inspect.Parameter.POSITIONAL_OR_KEYWORD
+_KEYWORD = inspect.Parameter.KEYWORD_ONLY
+_STAR_ARGS = inspect.Parameter.VAR_POSITIONAL
+_STAR_KWARGS = inspect.Parameter.VAR_KEYWORD
+
+#: One parameter's type check: the exact type that passes without pydantic (or None), and
+#: the validator for everything else.
+Check = tuple[type | None, TypeAdapter[Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class ArgumentPlan:
+    """Signature.bind and the strict type checks, precomputed for one task's signature.
+
+    accepts() is True only when Signature.bind would succeed and every validator would pass;
+    it never explains a refusal (the slow path does, with Signature.bind's own message).
+    """
+
+    positional: tuple[str, ...]  # positional-or-keyword parameters, in order
+    keywords: frozenset[str]  # every name a keyword may bind to
+    required: frozenset[str]  # parameters without a default
+    star_args: str | None
+    star_kwargs: str | None
+    checks: dict[str, Check]
+    #: False for a parameter kind the plan does not model (positional-only): always slow.
+    usable: bool
+
+    @classmethod
+    def build(
+        cls,
+        signature: inspect.Signature,
+        adapters: dict[str, TypeAdapter[Any]],
+        hints: dict[str, Any],
+    ) -> ArgumentPlan:
+        positional: list[str] = []
+        keywords: set[str] = set()
+        required: set[str] = set()
+        star_args = star_kwargs = None
+        usable = True
+        for parameter in signature.parameters.values():
+            if parameter.kind is _STAR_ARGS:
+                star_args = parameter.name
+                continue
+            if parameter.kind is _STAR_KWARGS:
+                star_kwargs = parameter.name
+                continue
+            if parameter.kind is _POSITIONAL:
+                positional.append(parameter.name)
+            elif parameter.kind is not _KEYWORD:
+                usable = False
+            keywords.add(parameter.name)
+            if parameter.default is inspect.Parameter.empty:
+                required.add(parameter.name)
+        checks = {
+            name: (_exact_type(hints.get(name)), adapter) for name, adapter in adapters.items()
+        }
+        return cls(
+            positional=tuple(positional),
+            keywords=frozenset(keywords),
+            required=frozenset(required),
+            star_args=star_args,
+            star_kwargs=star_kwargs,
+            checks=checks,
+            usable=usable,
+        )
+
+    def accepts(self, args: list[Any], kwargs: dict[str, Any]) -> bool:
+        """Would these (already JSON-plain) arguments bind and validate?"""
+        positional = self.positional
+        if not self.usable or (len(args) > len(positional) and self.star_args is None):
+            return False  # too many positional arguments
+        bound = dict(zip(positional, args, strict=False))
+        extra_kwargs: list[Any] = []
+        for key, value in kwargs.items():
+            if key in bound:
+                return False  # given positionally and by keyword
+            if key in self.keywords:
+                bound[key] = value
+            elif self.star_kwargs is not None:
+                extra_kwargs.append(value)
+            else:
+                return False  # an unexpected keyword
+        if not self.required <= bound.keys():
+            return False  # a required argument is missing
+        checks = self.checks
+        for name, value in bound.items():
+            check = checks.get(name)
+            if check is not None and not _passes(check, value):
+                return False
+        if self.star_args is not None:
+            check = checks.get(self.star_args)
+            extra_args = args[len(positional) :]
+            if check is not None and not all(_passes(check, item) for item in extra_args):
+                return False
+        if self.star_kwargs is not None:
+            check = checks.get(self.star_kwargs)
+            if check is not None and not all(_passes(check, item) for item in extra_kwargs):
+                return False
+        return True
+
+
+def _exact_type(hint: object) -> type | None:
+    # `is`, not `in`: an annotation need not be hashable, nor its == well behaved.
+    return next((kind for kind in _EXACT if hint is kind), None)
+
+
+def _passes(check: Check, value: object) -> bool:
+    exact, adapter = check
+    if exact is not None and type(value) is exact:
+        return True
+    try:
+        adapter.validate_python(value, strict=True)
+    except ValidationError:
+        return False
+    return True

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from app.core.tasks.arguments import storable_problem
+from app.core.tasks.arguments import NOT_PLAIN, plain_json_copy, storable_problem
 from app.core.tasks.context import TaskContext
 from app.core.tasks.errors import (
     Interrupted,
@@ -129,10 +129,7 @@ async def execute(
         return Outcome(record=final, ran=True)
 
     try:
-        problem_text = storable_problem(value)
-        if problem_text is not None:
-            raise ValueError(problem_text)
-        stored_value = json.loads(json.dumps(value, allow_nan=False))
+        stored_value = _stored(value)
     except (TypeError, ValueError, RecursionError) as exc:
         problem = InvalidTaskResult(f"{spec.name} returned a value JSON cannot store: {exc}")
         error = TaskError.from_exception(problem)
@@ -141,6 +138,21 @@ async def execute(
         final = await _finish(store, task_id, attempt, TaskStatus.SUCCESS, result=stored_value)
     _notify(hooks, final)
     return Outcome(record=final, ran=True)
+
+
+def _stored(value: Any) -> Any:
+    """The task's return value as the record keeps it: what a JSON round trip gives.
+
+    Raises TypeError, ValueError or RecursionError for a value JSON cannot store. Plain values
+    (None, most results) are copied in one walk instead of checked, dumped and parsed.
+    """
+    copied = plain_json_copy(value)
+    if copied is not NOT_PLAIN:
+        return copied
+    problem = storable_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
+    return json.loads(json.dumps(value, allow_nan=False))
 
 
 async def _call(spec: TaskSpec, ctx: TaskContext, record: TaskResult) -> Any:

@@ -56,15 +56,19 @@ class Handoff:
             self.done = True
             self._start()
 
-    async def __call__(self) -> None:
-        # async so Starlette awaits it on the loop instead of sending it to its thread pool.
+    async def run(self) -> None:
+        """What the background tasks call: async, so Starlette awaits it on the loop instead
+        of sending it to its thread pool. A bound coroutine function, because add_task
+        recognises that in one check, where a callable object takes two (a cost per submit)."""
         self.fire()
+
+    __call__ = run
 
 
 def defer(background_tasks: BackgroundTasks, start: Callable[[], None]) -> None:
     """Run start() after the response (inside a request) or right now (anywhere else)."""
     handoff = Handoff(start)
-    background_tasks.add_task(handoff)
+    background_tasks.add_task(handoff.run)
     scope = _request_handoffs.get()
     if scope is None or not scope.open:
         handoff.fire()
