@@ -106,17 +106,14 @@ async def _single_submit(profile: Profile, manager: TaskManager, redis_url: str)
         target_text=">= 1.0x",
         ratio_means=(
             "tasklane submits/s / raw send_task/s, sequential calls; higher is better. "
-            "tasklane also validates the arguments and writes the task record (a Redis SET NX + "
-            "a ZADD pipeline) before it publishes, on a fresh daemon thread bounded by "
-            "publish_timeout"
+            "tasklane also validates the arguments and writes the task record; when the broker "
+            "is the store's Redis, record and Celery message go in one Lua call, else the "
+            "message is published by a long-lived publisher thread bounded by publish_timeout"
         ),
         when_missed=(
-            "per submit: 2 sequential Redis round trips for the record, then the publish on a "
-            "NEW daemon thread, whose start and GIL hand-offs cost ~3x the publish itself; raw "
-            "send_task is one LPUSH on the caller's thread. Needed: the record and the Celery "
-            "message in ONE pipeline on the asyncio client (tasklane encodes protocol-2 "
-            "messages itself; prototyped at ~1.5x raw), or at least a long-lived publisher "
-            "thread and a one-pipeline record write (estimated ~0.6-0.8x)"
+            "check which path describe()['publish'] reports: the send_task fallback (broker "
+            "not the store's Redis, publish signals, compression, priorities) costs a record "
+            "round trip plus a publisher-thread hand-off per submit"
         ),
     )
 
@@ -160,10 +157,8 @@ async def _submit_many(profile: Profile, manager: TaskManager, redis_url: str) -
             "better"
         ),
         when_missed=(
-            "submit_many() loops over submit(): N x (2 record round trips + a new publish "
-            "thread). Needed: validate every call first, write all records in one pipeline, "
-            "publish with one producer inside kombu's Producer.batch() (kombu >= 5.7: one "
-            "pipeline of LPUSHes; prototyped at ~2.4x raw), and for >= 5x encode the Celery "
-            "messages in tasklane and LPUSH them in the records' pipeline (prototyped at ~5x)"
+            "the remaining cost per task is argument checks, the record model, Celery's own "
+            "as_task_v2 + JSON and the Redis script; on the send_task fallback path (see (a)) "
+            "messages go through one producer in kombu's Producer.batch(), about 2.4x raw"
         ),
     )
