@@ -9,13 +9,19 @@
    alone and this message is acknowledged.
 3. execute(), the lifecycle both planes share, on this process's event loop thread.
 4. Bookkeeping: `active:{queue}` and `worker:{host}:active` hold the id while it runs.
+
+The usual case (a record waiting to run) is one coroutine, so one hop to the loop thread per
+task: record → mark active → execute(), given the record just read so its STARTED and final
+writes are one round trip each → mark done. Only a record found STARTED (2) leaves the loop
+for the sync checks, then comes back.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError
 
@@ -36,6 +42,13 @@ from app.workers import presence
 from app.workers.celery_app import time_limit
 from app.workers.runtime import Runtime
 
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
+
+    from app.core.tasks.worker_keys import WorkerKeys
+
+#: presence.mark_active_async / mark_done_async.
+Bookkeeping = Callable[["aioredis.Redis", "WorkerKeys", str, str, str], Awaitable[None]]
 log = logging.getLogger("tasklane.worker")
 
 #: The executor name Celery workers write into records and that execute() insists on.
@@ -74,32 +87,44 @@ def new_record(
 
 def deliver(delivery: Delivery, rt: Runtime) -> Outcome:
     """Run one attempt of the delivered task if its record lets it; execute()'s outcome."""
-    record = rt.run(_ensure_record(delivery, rt.store, rt.hooks))
-    if record.executor == CELERY and record.status is TaskStatus.STARTED:
-        if _still_running(record, delivery.spec, rt):
-            log.warning(
-                "duplicate delivery of a running task ignored",
-                extra={"task_id": delivery.task_id, "task": record.name, "worker": record.worker},
-            )
-            return Outcome(record=record, ran=False)
-        record = _take_over(record, delivery, rt)
+    attempted = rt.run(_attempt(delivery, rt))
+    if isinstance(attempted, Outcome):
+        return attempted
+    record = attempted  # a Celery attempt recorded STARTED: a redelivery or a duplicate
+    if _still_running(record, delivery.spec, rt):
+        log.warning(
+            "duplicate delivery of a running task ignored",
+            extra={"task_id": delivery.task_id, "task": record.name, "worker": record.worker},
+        )
+        return Outcome(record=record, ran=False)
+    return rt.run(_attempt(delivery, rt, _take_over(record, delivery, rt)))
+
+
+async def _attempt(
+    delivery: Delivery, rt: Runtime, record: TaskResult | None = None
+) -> Outcome | TaskResult:
+    """The attempt, on the loop thread; without `record` (first pass), a Celery record found
+    STARTED comes back instead, for deliver() to settle first with its sync checks."""
+    if record is None:
+        record = await _ensure_record(delivery, rt.store, rt.hooks)
+        if record.executor == CELERY and record.status is TaskStatus.STARTED:
+            return record
     runnable = record.executor == CELERY and record.status in WAITING_STATUSES
     if runnable:
-        _bookkeep(presence.mark_active, rt, delivery)
+        await _bookkeep(presence.mark_active_async, rt, delivery)
     try:
-        return rt.run(
-            execute(
-                delivery.task_id,
-                registry=rt.registry,
-                store=rt.store,
-                executor=CELERY,
-                hooks=rt.hooks,
-                worker=delivery.hostname,
-            )
+        return await execute(
+            delivery.task_id,
+            registry=rt.registry,
+            store=rt.store,
+            executor=CELERY,
+            hooks=rt.hooks,
+            worker=delivery.hostname,
+            record=record,
         )
     finally:
         if runnable:
-            _bookkeep(presence.mark_done, rt, delivery)
+            await _bookkeep(presence.mark_done_async, rt, delivery)
 
 
 async def settle_abandoned(
@@ -219,11 +244,13 @@ def _take_over(record: TaskResult, delivery: Delivery, rt: Runtime) -> TaskResul
     return current if current is not None else record
 
 
-def _bookkeep(operation: Any, rt: Runtime, delivery: Delivery) -> None:
+async def _bookkeep(operation: Bookkeeping, rt: Runtime, delivery: Delivery) -> None:
     """mark_active / mark_done; a Redis hiccup must not fail the task itself."""
-    if rt.redis is None:
+    if rt.async_redis is None:
         return
     try:
-        operation(rt.redis, rt.keys, delivery.hostname, delivery.task_id, delivery.queue)
+        await operation(
+            rt.async_redis.client(), rt.keys, delivery.hostname, delivery.task_id, delivery.queue
+        )
     except (RedisError, OSError) as exc:
         log.warning("active-set bookkeeping failed: %s", exc, extra={"task_id": delivery.task_id})

@@ -1,6 +1,8 @@
 """Which workers are alive and what they run: the Redis keys of DESIGN.md §3-4, written with a
-sync client (the heartbeat thread of a worker's main process, and pool children around each
-task). Every key name comes from WorkerKeys; the api's WorkerMonitor reads the same keys.
+sync client (the heartbeat thread of a worker's main process, redelivery checks) or, around each
+task in a pool child, an async one on the runtime's loop (mark_active_async/mark_done_async, so
+a delivery is one hop to the loop). Every key name comes from WorkerKeys; the api's
+WorkerMonitor reads the same keys.
 
   workers                  ZSET hostname -> unix time of its last heartbeat
   worker:{host}            HASH queues, concurrency, pid, version, started (TTL 6 intervals)
@@ -18,11 +20,17 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import redis
 from redis.exceptions import WatchError
 
 from app.core.tasks.worker_keys import LIVENESS_FACTOR, WorkerKeys
+
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
+    from redis.asyncio.client import Pipeline as AsyncPipeline
+    from redis.client import Pipeline
 
 #: Heartbeat hash lifetime in heartbeat intervals (DESIGN.md §3: 30 s at the 5 s default).
 HASH_TTL_FACTOR = 6
@@ -127,8 +135,7 @@ def mark_active(
 ) -> None:
     """`hostname` starts running task_id from `queue`."""
     with client.pipeline(transaction=True) as pipe:
-        pipe.zadd(keys.active(queue), {task_id: time.time()})
-        pipe.hset(keys.worker_active(hostname), task_id, queue)
+        _queue_active(pipe, keys, hostname, task_id, queue)
         pipe.execute()
 
 
@@ -137,9 +144,41 @@ def mark_done(
 ) -> None:
     """`hostname` no longer runs task_id (finished, failed, retrying or lost)."""
     with client.pipeline(transaction=True) as pipe:
-        pipe.zrem(keys.active(queue), task_id)
-        pipe.hdel(keys.worker_active(hostname), task_id)
+        _queue_done(pipe, keys, hostname, task_id, queue)
         pipe.execute()
+
+
+async def mark_active_async(
+    client: aioredis.Redis, keys: WorkerKeys, hostname: str, task_id: str, queue: str
+) -> None:
+    """See mark_active()."""
+    async with client.pipeline(transaction=True) as pipe:
+        _queue_active(pipe, keys, hostname, task_id, queue)
+        await pipe.execute()
+
+
+async def mark_done_async(
+    client: aioredis.Redis, keys: WorkerKeys, hostname: str, task_id: str, queue: str
+) -> None:
+    """See mark_done()."""
+    async with client.pipeline(transaction=True) as pipe:
+        _queue_done(pipe, keys, hostname, task_id, queue)
+        await pipe.execute()
+
+
+# The key layout of a running attempt, written once for the sync and the async clients.
+def _queue_active(
+    pipe: Pipeline | AsyncPipeline, keys: WorkerKeys, hostname: str, task_id: str, queue: str
+) -> None:
+    pipe.zadd(keys.active(queue), {task_id: time.time()})
+    pipe.hset(keys.worker_active(hostname), task_id, queue)
+
+
+def _queue_done(
+    pipe: Pipeline | AsyncPipeline, keys: WorkerKeys, hostname: str, task_id: str, queue: str
+) -> None:
+    pipe.zrem(keys.active(queue), task_id)
+    pipe.hdel(keys.worker_active(hostname), task_id)
 
 
 def release_orphan(client: redis.Redis, keys: WorkerKeys, hostname: str, task_id: str) -> None:

@@ -20,6 +20,7 @@ import redis
 from celery import signals
 
 from app.config import Settings
+from app.core.redis_client import LoopLocalRedis
 from app.core.tasks.hooks import TaskHooks, default_hooks
 from app.core.tasks.registry import TaskRegistry
 from app.core.tasks.registry import registry as default_registry
@@ -53,6 +54,9 @@ class Runtime:
             if url
             else None
         )
+        #: The same Redis for coroutines on this runtime's loop: the active-set bookkeeping
+        #: around each task, so a delivery needs no hop off the loop.
+        self.async_redis: LoopLocalRedis | None = LoopLocalRedis(url) if url else None
         self.pid = os.getpid()
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(

@@ -64,10 +64,16 @@ async def execute(
     hooks: TaskHooks,
     worker: str = WORKER_NAME,
     on_context: Callable[[TaskContext], None] | None = None,
+    record: TaskResult | None = None,
 ) -> Outcome:
     """Run one attempt of the task if its record is waiting (PENDING or RETRY); otherwise
-    (cancelled, finished, expired) do nothing and return ran=False."""
-    record = await store.get(task_id)
+    (cancelled, finished, expired) do nothing and return ran=False.
+
+    `record`: the record as the caller just read it (a Celery worker checks it first), which
+    saves a read; a stale one is harmless (store.update's `expected` is only a hint).
+    """
+    if record is None:
+        record = await store.get(task_id)
     if record is None:
         return Outcome(record=None, ran=False)
     try:
@@ -77,7 +83,9 @@ async def execute(
         failed = await _settle_waiting(store, task_id, TaskStatus.FAILURE, exc, hooks)
         return Outcome(record=failed, ran=False)
 
-    started = await store.update(task_id, lambda current: _to_started(current, executor, worker))
+    started = await store.update(
+        task_id, lambda current: _to_started(current, executor, worker), expected=record
+    )
     if started is None:
         current = await store.get(task_id)
         if (
@@ -105,14 +113,14 @@ async def execute(
     except asyncio.CancelledError:
         # The runner cancelled us: a user's cancel (flag set first) or shutdown.
         if ctx.cancelled() and not ctx.interrupted:
-            final = await _finish(store, task_id, attempt, TaskStatus.CANCELLED, error=None)
+            final = await _finish(store, task_id, started, TaskStatus.CANCELLED, error=None)
         else:
             error = TaskError.from_exception(Interrupted("the runner stopped during the task"))
-            final = await _finish(store, task_id, attempt, TaskStatus.FAILURE, error=error)
+            final = await _finish(store, task_id, started, TaskStatus.FAILURE, error=error)
         _notify(hooks, final)
         raise
     except TaskCancelled:
-        final = await _finish(store, task_id, attempt, TaskStatus.CANCELLED, error=None)
+        final = await _finish(store, task_id, started, TaskStatus.CANCELLED, error=None)
         _notify(hooks, final)
         return Outcome(record=final, ran=True)
     except (Exception, SystemExit) as exc:
@@ -121,10 +129,10 @@ async def execute(
         error = TaskError.from_exception(exc)
         if attempt <= spec.retries and not ctx.cancelled():
             delay = retry_delay(spec, attempt)
-            final = await _finish(store, task_id, attempt, TaskStatus.RETRY, error=error)
+            final = await _finish(store, task_id, started, TaskStatus.RETRY, error=error)
             _notify(hooks, final)
             return Outcome(record=final, ran=True, retry_in=delay if final else None)
-        final = await _finish(store, task_id, attempt, TaskStatus.FAILURE, error=error)
+        final = await _finish(store, task_id, started, TaskStatus.FAILURE, error=error)
         _notify(hooks, final)
         return Outcome(record=final, ran=True)
 
@@ -133,9 +141,9 @@ async def execute(
     except (TypeError, ValueError, RecursionError) as exc:
         problem = InvalidTaskResult(f"{spec.name} returned a value JSON cannot store: {exc}")
         error = TaskError.from_exception(problem)
-        final = await _finish(store, task_id, attempt, TaskStatus.FAILURE, error=error)
+        final = await _finish(store, task_id, started, TaskStatus.FAILURE, error=error)
     else:
-        final = await _finish(store, task_id, attempt, TaskStatus.SUCCESS, result=stored_value)
+        final = await _finish(store, task_id, started, TaskStatus.SUCCESS, result=stored_value)
     _notify(hooks, final)
     return Outcome(record=final, ran=True)
 
@@ -202,12 +210,15 @@ def _to_started(record: TaskResult, executor: str, worker: str) -> TaskResult | 
 async def _finish(
     store: ResultStore,
     task_id: str,
-    attempt: int,
+    started: TaskResult,
     status: TaskStatus,
     *,
     error: TaskError | None = None,
     result: Any = None,
 ) -> TaskResult | None:
+    """Settle the attempt `started` (the STARTED record this process wrote) as `status`."""
+    attempt = started.attempts
+
     def apply(record: TaskResult) -> TaskResult | None:
         if record.status is not TaskStatus.STARTED or record.attempts != attempt:
             return None  # already settled by shutdown, a reaper or a timeout
@@ -218,7 +229,9 @@ async def _finish(
             finished_at=None if status is TaskStatus.RETRY else utcnow(),
         )
 
-    return await store.update(task_id, apply)
+    # Usually nothing changed since STARTED (a progress report or a cancel flag would have):
+    # the hint makes this write one round trip on Redis.
+    return await store.update(task_id, apply, expected=started)
 
 
 async def _settle_waiting(

@@ -65,9 +65,16 @@ class ResultStore(Protocol):
         """The record, or None when the id is unknown or expired."""
         ...
 
-    async def update(self, task_id: str, mutate: Mutation) -> TaskResult | None:
+    async def update(
+        self, task_id: str, mutate: Mutation, *, expected: TaskResult | None = None
+    ) -> TaskResult | None:
         """Atomically apply mutate to the stored record; returns the new record, or None when
-        the record is missing or mutate declined (returned None)."""
+        the record is missing or mutate declined (returned None).
+
+        `expected` is a hint, never a condition: the record the caller believes is stored (it
+        just read or wrote it). When right, Redis skips the read (one round trip); when stale,
+        mutate is applied to the record actually stored, exactly as without the hint.
+        """
         ...
 
     async def list(

@@ -50,7 +50,10 @@ class MemoryStore:
         with self._lock:
             return self._live(task_id)
 
-    async def update(self, task_id: str, mutate: Mutation) -> TaskResult | None:
+    async def update(
+        self, task_id: str, mutate: Mutation, *, expected: TaskResult | None = None
+    ) -> TaskResult | None:
+        # `expected` only saves Redis a read; here the stored record is at hand anyway.
         with self._lock:
             current = self._live(task_id)
             if current is None:

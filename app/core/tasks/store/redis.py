@@ -16,7 +16,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
-from redis.exceptions import NoScriptError, WatchError
+from redis.exceptions import NoScriptError
 
 from app.core.redis_client import LoopLocalRedis, translate_unavailable
 from app.core.tasks.models import TaskResult, TaskStatus
@@ -86,6 +86,20 @@ _CREATE_SHA = hashlib.sha1(_CREATE.encode()).hexdigest()
 #: Records per script call in create_many: Redis runs nothing else while a script runs (and
 #: unpack() of a chunk's index members stays far below Lua's 8000-value limit).
 _CREATE_CHUNK = 500
+
+
+# update()'s compare-and-set, one round trip: the new JSON replaces the stored one only if the
+# stored one is still, byte for byte, the JSON the caller derived it from. KEYS: the record;
+# ARGV: expected JSON, new JSON, ttl. Reply: 1 (written), 0 (no record), else the JSON stored
+# now, so a lost race re-derives from it without another GET.
+_CAS = """
+local current = redis.call('GET', KEYS[1])
+if current == false then return 0 end
+if current ~= ARGV[1] then return current end
+redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+return 1
+"""
+_CAS_SHA = hashlib.sha1(_CAS.encode()).hexdigest()
 
 
 #: One encoder for every record: json.dumps(separators=...) would build a new one per call.
@@ -174,26 +188,39 @@ class RedisStore:
             raw = await self._redis.client().get(self.key(task_id))
         return self._decode_or_none(task_id, raw)
 
-    async def update(self, task_id: str, mutate: Mutation) -> TaskResult | None:
+    async def update(
+        self, task_id: str, mutate: Mutation, *, expected: TaskResult | None = None
+    ) -> TaskResult | None:
+        # Optimistic loop of one-round-trip compare-and-sets (_CAS) instead of WATCH/GET/MULTI:
+        # with `expected` right (the worker and the runner just read or wrote the record) a
+        # transition costs one round trip; without it, or with it stale, one GET more.
         key = self.key(task_id)
-        async with (
-            translate_unavailable("updating a task record"),
-            self._redis.client().pipeline(transaction=True) as pipe,
-        ):
-            while True:
-                try:
-                    await pipe.watch(key)
-                    current = self._decode_or_none(task_id, await pipe.get(key))
-                    new = mutate(current) if current is not None else None
-                    if new is None:
-                        await pipe.unwatch()
-                        return None
-                    pipe.multi()
-                    pipe.set(key, encode(new), ex=self._ttl)
-                    await pipe.execute()
+        client = self._redis.client()
+        async with translate_unavailable("updating a task record"):
+            if expected is not None:
+                current, raw = expected, encode(expected)
+            else:
+                raw = await client.get(key)
+                current = self._decode_or_none(task_id, raw)
+            while current is not None:
+                new = mutate(current)
+                if new is None:
+                    return None
+                reply = await self._cas(client, key, raw, encode(new))
+                if reply == 1:
                     return new
-                except WatchError:
-                    continue  # someone else changed it between WATCH and EXEC: re-read
+                if reply == 0:
+                    return None
+                # Someone else changed it since (or `expected` was stale): re-derive.
+                raw = reply
+                current = self._decode_or_none(task_id, raw)
+        return None
+
+    async def _cas(self, client: aioredis.Redis, key: str, expected: str, new: str) -> int | str:
+        try:
+            return await client.evalsha(_CAS_SHA, 1, key, expected, new, self._ttl)
+        except NoScriptError:
+            return await client.eval(_CAS, 1, key, expected, new, self._ttl)
 
     async def list(
         self,
