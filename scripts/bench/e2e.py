@@ -131,13 +131,12 @@ async def _throughput(profile: Profile, manager: TaskManager, client: redis.Redi
             "process (prefork c=2), from release to the last ack; higher is better"
         ),
         when_missed=(
-            "per task the worker makes 10 sequential Redis round trips that raw Celery does "
-            "not (counted with MONITOR: record GET, active-set MULTI, record GET again, "
-            "WATCH/GET/MULTI-EXEC for STARTED and again for SUCCESS, active-set MULTI), hops "
-            "twice to the runtime's loop thread and starts a new daemon thread for the sync "
-            "body. Needed: one round trip per transition (a Lua script, or one MULTI that also "
-            "does the active-set bookkeeping), one loop hop per task, sync bodies called "
-            "inline in the pool process"
+            "per task the worker makes 5 sequential Redis round trips that raw Celery does "
+            "not (record GET, active-set MULTI, STARTED and final CAS scripts, active-set "
+            "MULTI; tests/unit/test_worker_delivery.py pins the count), one hop to the "
+            "runtime's loop thread and one to a parked daemon thread for the sync body, plus "
+            "two transition log lines and the metric hooks. Next: the active-set writes in "
+            "the same round trips as the STARTED/final writes (3 in all)"
         ),
     )
 
