@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import threading
 import time
 from collections.abc import Callable
@@ -33,6 +32,7 @@ from kubernetes.watch.watch import iter_resp_lines
 
 from app.core.kubernetes.changes import DEPLOYMENT, SCALED_OBJECT, log_change
 from app.core.kubernetes.client import UNREACHABLE, describe_failure
+from app.core.kubernetes.retry import Backoff, shutdown_stream
 from app.core.kubernetes.state import (
     KEDA_GROUP,
     KEDA_PLURAL,
@@ -71,21 +71,6 @@ class _Kind:
     def optional(self) -> bool:
         """May the kind be missing from the cluster (KEDA's CRD)? A 404 is then an answer."""
         return self.label == SCALED_OBJECT
-
-
-class Backoff:
-    """Capped exponential delays with jitter (half fixed, half random)."""
-
-    def __init__(self, initial: float, maximum: float) -> None:
-        self.initial, self.maximum = initial, maximum
-        self._next = initial
-
-    def reset(self) -> None:
-        self._next = self.initial
-
-    def next(self) -> float:
-        delay, self._next = self._next, min(self._next * 2, self.maximum)
-        return delay / 2 + random.uniform(0, delay / 2)
 
 
 class KubeWatcher:
@@ -182,7 +167,7 @@ class KubeWatcher:
         with self._lock:
             streams = list(self._streams.values())
         for stream in streams:
-            _shutdown(stream)
+            shutdown_stream(stream)
         deadline = time.monotonic() + timeout
         for thread in self._threads:
             thread.join(max(deadline - time.monotonic(), 0))
@@ -309,7 +294,7 @@ class KubeWatcher:
         with self._lock:
             self._streams[kind.label] = response
         if stopping.is_set():  # stop() ran between the request and the registration above
-            _shutdown(response)
+            shutdown_stream(response)
         delivered = False
         try:
             for line in iter_resp_lines(response):
@@ -400,15 +385,3 @@ def _unknown(kind: _Kind, error: str) -> dict[str, Any]:
     if kind.optional:
         return {"scaled_object_known": False, "scaled_object_error": error}
     return {"deployment_known": False, "deployment_error": error}
-
-
-def _shutdown(response: BaseHTTPResponse) -> None:
-    """Unblock a read in progress on another thread (urllib3 >= 2.3), else close."""
-    try:
-        shutdown = getattr(response, "shutdown", None)
-        if shutdown is not None:
-            shutdown()
-        else:
-            response.close()
-    except Exception:  # the stream may be half-closed already; stopping must not fail
-        log.debug("closing a watch stream failed", exc_info=True)
