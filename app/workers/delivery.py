@@ -11,17 +11,19 @@
 4. Bookkeeping: `active:{queue}` and `worker:{host}:active` hold the id while it runs.
 
 The usual case (a record waiting to run) is one coroutine, so one hop to the loop thread per
-task: record → mark active → execute(), given the record just read so its STARTED and final
-writes are one round trip each → mark done. Only a record found STARTED (2) leaves the loop
-for the sync checks, then comes back.
+task, and three Redis round trips: the record's GET, then execute(), given the record just read
+so its STARTED and final writes are one round trip each, with the bookkeeping riding in them
+(presence.attempt_riders: the entry is added in the STARTED write's step, ahead of it, so the
+duplicate check of (2) never sees a STARTED record of a live attempt without its entry; it
+goes in the final write's step). Only a record found STARTED (2) leaves the loop for the sync
+checks, then comes back.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from redis.exceptions import RedisError
 
@@ -37,18 +39,11 @@ from app.core.tasks.models import (
     TaskStatus,
     utcnow,
 )
-from app.core.tasks.store import ResultStore
+from app.core.tasks.store import NO_RIDERS, ResultStore
 from app.workers import presence
 from app.workers.celery_app import time_limit
 from app.workers.runtime import Runtime
 
-if TYPE_CHECKING:
-    import redis.asyncio as aioredis
-
-    from app.core.tasks.worker_keys import WorkerKeys
-
-#: presence.mark_active_async / mark_done_async.
-Bookkeeping = Callable[["aioredis.Redis", "WorkerKeys", str, str, str], Awaitable[None]]
 log = logging.getLogger("tasklane.worker")
 
 #: The executor name Celery workers write into records and that execute() insists on.
@@ -110,10 +105,14 @@ async def _attempt(
         if record.executor == CELERY and record.status is TaskStatus.STARTED:
             return record
     runnable = record.executor == CELERY and record.status in WAITING_STATUSES
-    if runnable:
-        await _bookkeep(presence.mark_active_async, rt, delivery)
+    bookkeeping = runnable and rt.async_redis is not None
+    riders = (
+        presence.attempt_riders(rt.keys, delivery.hostname, delivery.task_id, delivery.queue)
+        if bookkeeping
+        else NO_RIDERS
+    )
     try:
-        return await execute(
+        outcome = await execute(
             delivery.task_id,
             registry=rt.registry,
             store=rt.store,
@@ -121,10 +120,18 @@ async def _attempt(
             hooks=rt.hooks,
             worker=delivery.hostname,
             record=record,
+            riders=riders,
         )
-    finally:
-        if runnable:
-            await _bookkeep(presence.mark_done_async, rt, delivery)
+    except BaseException:
+        # The final write (and its riders) may never have been sent: remove the entry here.
+        if bookkeeping:
+            await _mark_done(rt, delivery)
+        raise
+    if bookkeeping and not outcome.ran:
+        # Not started after all (cancelled, taken, routed elsewhere meanwhile): the entry may
+        # have been added with the attempted STARTED write.
+        await _mark_done(rt, delivery)
+    return outcome
 
 
 async def settle_abandoned(
@@ -244,12 +251,12 @@ def _take_over(record: TaskResult, delivery: Delivery, rt: Runtime) -> TaskResul
     return current if current is not None else record
 
 
-async def _bookkeep(operation: Bookkeeping, rt: Runtime, delivery: Delivery) -> None:
-    """mark_active / mark_done; a Redis hiccup must not fail the task itself."""
+async def _mark_done(rt: Runtime, delivery: Delivery) -> None:
+    """Remove the attempt's active entry; a Redis hiccup must not fail the task itself."""
     if rt.async_redis is None:
         return
     try:
-        await operation(
+        await presence.mark_done_async(
             rt.async_redis.client(), rt.keys, delivery.hostname, delivery.task_id, delivery.queue
         )
     except (RedisError, OSError) as exc:

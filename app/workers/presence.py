@@ -1,7 +1,7 @@
 """Which workers are alive and what they run: the Redis keys of DESIGN.md §3-4, written with a
 sync client (the heartbeat thread of a worker's main process, redelivery checks) or, around each
-task in a pool child, an async one on the runtime's loop (mark_active_async/mark_done_async, so
-a delivery is one hop to the loop). Every key name comes from WorkerKeys; the api's
+task in a pool child, as riders of the attempt's STARTED and final record writes
+(attempt_riders: no round trip of their own). Every key name comes from WorkerKeys; the api's
 WorkerMonitor reads the same keys.
 
   workers                  ZSET hostname -> unix time of its last heartbeat
@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 import redis
 from redis.exceptions import WatchError
 
+from app.core.tasks.store import KeyOp, Riders
 from app.core.tasks.worker_keys import LIVENESS_FACTOR, WorkerKeys
 
 if TYPE_CHECKING:
@@ -135,7 +136,7 @@ def mark_active(
 ) -> None:
     """`hostname` starts running task_id from `queue`."""
     with client.pipeline(transaction=True) as pipe:
-        _queue_active(pipe, keys, hostname, task_id, queue)
+        _queue(pipe, _active_ops(keys, hostname, task_id, queue))
         pipe.execute()
 
 
@@ -144,17 +145,8 @@ def mark_done(
 ) -> None:
     """`hostname` no longer runs task_id (finished, failed, retrying or lost)."""
     with client.pipeline(transaction=True) as pipe:
-        _queue_done(pipe, keys, hostname, task_id, queue)
+        _queue(pipe, _done_ops(keys, hostname, task_id, queue))
         pipe.execute()
-
-
-async def mark_active_async(
-    client: aioredis.Redis, keys: WorkerKeys, hostname: str, task_id: str, queue: str
-) -> None:
-    """See mark_active()."""
-    async with client.pipeline(transaction=True) as pipe:
-        _queue_active(pipe, keys, hostname, task_id, queue)
-        await pipe.execute()
 
 
 async def mark_done_async(
@@ -162,23 +154,38 @@ async def mark_done_async(
 ) -> None:
     """See mark_done()."""
     async with client.pipeline(transaction=True) as pipe:
-        _queue_done(pipe, keys, hostname, task_id, queue)
+        _queue(pipe, _done_ops(keys, hostname, task_id, queue))
         await pipe.execute()
 
 
-# The key layout of a running attempt, written once for the sync and the async clients.
-def _queue_active(
-    pipe: Pipeline | AsyncPipeline, keys: WorkerKeys, hostname: str, task_id: str, queue: str
-) -> None:
-    pipe.zadd(keys.active(queue), {task_id: time.time()})
-    pipe.hset(keys.worker_active(hostname), task_id, queue)
+def attempt_riders(keys: WorkerKeys, hostname: str, task_id: str, queue: str) -> Riders:
+    """mark_active() and mark_done() as riders of the attempt's STARTED and final writes
+    (ResultStore.update): the entry exists before the record says STARTED, and goes with the
+    write that settles it."""
+    return Riders(
+        before=_active_ops(keys, hostname, task_id, queue),
+        after=_done_ops(keys, hostname, task_id, queue),
+    )
 
 
-def _queue_done(
-    pipe: Pipeline | AsyncPipeline, keys: WorkerKeys, hostname: str, task_id: str, queue: str
-) -> None:
-    pipe.zrem(keys.active(queue), task_id)
-    pipe.hdel(keys.worker_active(hostname), task_id)
+# The key layout of a running attempt, written once for the sync and async clients and riders.
+def _active_ops(keys: WorkerKeys, hostname: str, task_id: str, queue: str) -> tuple[KeyOp, ...]:
+    return (
+        KeyOp("ZADD", keys.active(queue), (repr(time.time()), task_id)),
+        KeyOp("HSET", keys.worker_active(hostname), (task_id, queue)),
+    )
+
+
+def _done_ops(keys: WorkerKeys, hostname: str, task_id: str, queue: str) -> tuple[KeyOp, ...]:
+    return (
+        KeyOp("ZREM", keys.active(queue), (task_id,)),
+        KeyOp("HDEL", keys.worker_active(hostname), (task_id,)),
+    )
+
+
+def _queue(pipe: Pipeline | AsyncPipeline, ops: tuple[KeyOp, ...]) -> None:
+    for op in ops:
+        pipe.execute_command(op.command, op.key, *op.args)
 
 
 def release_orphan(client: redis.Redis, keys: WorkerKeys, hostname: str, task_id: str) -> None:

@@ -3,7 +3,8 @@
 One `celery -A app.workers.celery_app worker` (prefork, concurrency 2, tasklane's Celery config:
 acks_late, prefetch 1, its heartbeat bootstep) serves both sides, so the worker settings are the
 same by construction; the sides differ only in the task: `bench_noop` (tasklane: record read,
-STARTED, body, SUCCESS, active-set bookkeeping) vs `bench_raw_noop` (a plain Celery task).
+STARTED with the active-set entry, body, SUCCESS with its removal) vs `bench_raw_noop` (a plain
+Celery task).
 
 A round first publishes N tasks to a staging list no worker reads (tasklane through
 TaskManager.submit, whose light queue is set to that list; raw through send_task), then RENAMEs
@@ -131,12 +132,11 @@ async def _throughput(profile: Profile, manager: TaskManager, client: redis.Redi
             "process (prefork c=2), from release to the last ack; higher is better"
         ),
         when_missed=(
-            "per task the worker makes 5 sequential Redis round trips that raw Celery does "
-            "not (record GET, active-set MULTI, STARTED and final CAS scripts, active-set "
-            "MULTI; tests/unit/test_worker_delivery.py pins the count), one hop to the "
+            "per task the worker makes 3 sequential Redis round trips that raw Celery does "
+            "not (record GET, STARTED and final CAS scripts, the active-set entry riding in "
+            "those two; tests/unit/test_worker_delivery.py pins the count), one hop to the "
             "runtime's loop thread and one to a parked daemon thread for the sync body, plus "
-            "two transition log lines and the metric hooks. Next: the active-set writes in "
-            "the same round trips as the STARTED/final writes (3 in all)"
+            "two transition log lines and the metric hooks"
         ),
     )
 

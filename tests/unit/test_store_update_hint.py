@@ -15,7 +15,8 @@ import pytest
 
 from app.core.tasks.models import Progress, TaskError, TaskResult, TaskStatus
 from app.core.tasks.store import ResultStore
-from app.core.tasks.store.redis import RedisStore
+from app.core.tasks.store import redis as redis_store
+from app.core.tasks.store.redis import RedisStore, encode
 from tests.support.processes import RedisServer
 from tests.unit.test_store_contract import make_record
 
@@ -182,4 +183,38 @@ async def test_redis_update_without_a_hint_is_a_read_and_one_script_call(
         assert (ran["evalsha"], ran["get"], ran["watch"], ran["exec"]) == (1, 2, 0, 0)
     finally:
         raw.close()
+        await store.close()
+
+
+@pytest.mark.asyncio
+async def test_redis_update_with_a_record_it_read_or_wrote_does_not_encode_it_again(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = RedisStore(redis_url, prefix="cas:")
+    encoded: list[TaskResult] = []
+
+    def counting(record: TaskResult) -> str:
+        encoded.append(record)
+        return encode(record)
+
+    try:
+        await store.create(make_record("t-1"))
+        loaded = await store.get("t-1")
+        assert loaded is not None
+        monkeypatch.setattr(redis_store, "encode", counting)
+
+        started = await store.update("t-1", _start, expected=loaded)
+        assert started is not None
+        finished = await store.update(
+            "t-1", lambda r: r.replace(status=TaskStatus.SUCCESS), expected=started
+        )
+
+        # Only each new record is encoded: the hints' JSON is the one read or written.
+        assert encoded == [started, finished]
+        assert await store.get("t-1") == finished
+        # An equal record that is not the one remembered is encoded: the cache is by identity.
+        await store.update("t-1", _start, expected=finished.replace())
+        assert encoded[2] == finished
+        assert encoded[2] is not finished
+    finally:
         await store.close()

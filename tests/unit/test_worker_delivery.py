@@ -38,6 +38,12 @@ def delivered_idempotent_job(x: int) -> int:
     return 2 * x
 
 
+@task("delivered_failing_job", target=REGISTRY)
+def delivered_failing_job(x: int) -> int:
+    """Always fails."""
+    raise ValueError(f"no {x}")
+
+
 @pytest.fixture
 def runtime(redis_url: str) -> Iterator[Runtime]:
     settings = Settings(
@@ -76,7 +82,7 @@ def _stored(rt: Runtime, name: str = "delivered_job", **changes: Any) -> TaskRes
 
 def _calls(client: redis.Redis) -> dict[str, int]:
     stats: dict[str, Any] = client.info("commandstats")
-    names = ("get", "evalsha", "eval", "exec", "watch")
+    names = ("get", "evalsha", "eval", "exec", "watch", "zadd", "hset", "zrem", "hdel")
     return {name: stats.get(f"cmdstat_{name}", {}).get("calls", 0) for name in names}
 
 
@@ -92,7 +98,7 @@ def _count_hops(rt: Runtime, monkeypatch: pytest.MonkeyPatch) -> list[object]:
     return hops
 
 
-def test_a_waiting_task_is_one_loop_hop_and_five_round_trips(
+def test_a_waiting_task_is_one_loop_hop_and_three_round_trips(
     runtime: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     deliver(_delivery(_stored(runtime)), runtime)  # loads the scripts: the counts are exact
@@ -108,10 +114,11 @@ def test_a_waiting_task_is_one_loop_hop_and_five_round_trips(
     assert outcome.record is not None
     assert (outcome.record.status, outcome.record.result) == (TaskStatus.SUCCESS, 42)
     assert len(hops) == 1
-    # Round trips: the record GET, mark active (MULTI/EXEC), STARTED and SUCCESS (one EVALSHA
-    # each, whose GET and SET run inside the script), mark done (MULTI/EXEC).
-    assert (ran["evalsha"], ran["eval"], ran["exec"], ran["watch"]) == (2, 0, 2, 0)
+    # Round trips: the record GET, STARTED and SUCCESS (one EVALSHA each, whose GET and SET run
+    # inside the script, with the active-set entry's ZADD+HSET and ZREM+HDEL riding along).
+    assert (ran["evalsha"], ran["eval"], ran["exec"], ran["watch"]) == (2, 0, 0, 0)
     assert ran["get"] == 1 + 2
+    assert (ran["zadd"], ran["hset"], ran["zrem"], ran["hdel"]) == (1, 1, 1, 1)
     assert seen_active == [True, True]
     assert presence.active_ids(client, runtime.keys, ["light"]) == {"light": set()}
 
@@ -159,3 +166,69 @@ def test_a_task_left_started_by_a_dead_worker_is_taken_over(
         assert stored.error.type.endswith("Interrupted")
     else:
         assert stored.attempts == 2
+
+
+def _active_entries(client: redis.Redis, rt: Runtime) -> tuple[set[str], dict[str, str]]:
+    return (
+        presence.active_ids(client, rt.keys, ["light"])["light"],
+        client.hgetall(rt.keys.worker_active(HOST)),
+    )
+
+
+def test_a_failing_task_leaves_no_active_entry_in_three_round_trips(runtime: Runtime) -> None:
+    deliver(_delivery(_stored(runtime)), runtime)  # loads the scripts: the counts are exact
+    record = _stored(runtime, "delivered_failing_job")
+    client = _client["redis"]
+    before = _calls(client)
+
+    outcome = deliver(_delivery(record), runtime)
+
+    ran = {name: count - before[name] for name, count in _calls(client).items()}
+    assert outcome.record is not None
+    assert outcome.record.status is TaskStatus.FAILURE
+    assert (ran["evalsha"], ran["get"], ran["exec"]) == (2, 1 + 2, 0)
+    assert _active_entries(client, runtime) == (set(), {})
+
+
+def test_an_entry_added_with_a_start_that_is_then_declined_is_removed(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The worker reads the record PENDING; it is cancelled before the STARTED write, whose step
+    # adds the active entry, finds the record changed, and declines on the cancelled one.
+    record = _stored(runtime)
+    cancelled = runtime.run(
+        runtime.store.update(record.task_id, lambda r: r.replace(status=TaskStatus.CANCELLED))
+    )
+    reads = [record]
+    get = runtime.store.get
+
+    async def stale_first(task_id: str) -> TaskResult | None:
+        return reads.pop() if reads else await get(task_id)
+
+    monkeypatch.setattr(runtime.store, "get", stale_first)
+    client = _client["redis"]
+    before = _calls(client)
+
+    outcome = deliver(_delivery(record), runtime)
+
+    ran = {name: count - before[name] for name, count in _calls(client).items()}
+    assert outcome.ran is False
+    assert runtime.run(get(record.task_id)) == cancelled
+    assert seen_active == []
+    assert (ran["zadd"], ran["hset"]) == (1, 1)  # added with the attempted STARTED write
+    assert _active_entries(client, runtime) == (set(), {})  # and removed again
+
+
+def test_a_task_cancelled_while_waiting_is_never_marked_active(runtime: Runtime) -> None:
+    record = _stored(runtime, cancel_requested=True)
+    client = _client["redis"]
+    before = _calls(client)
+
+    outcome = deliver(_delivery(record), runtime)
+
+    ran = {name: count - before[name] for name, count in _calls(client).items()}
+    assert outcome.ran is False
+    assert outcome.record is not None
+    assert outcome.record.status is TaskStatus.CANCELLED
+    assert (ran["zadd"], ran["hset"]) == (0, 0)
+    assert _active_entries(client, runtime) == (set(), {})

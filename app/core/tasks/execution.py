@@ -32,7 +32,7 @@ from app.core.tasks.errors import (
 from app.core.tasks.hooks import TaskHooks
 from app.core.tasks.models import TaskError, TaskResult, TaskSpec, TaskStatus, utcnow
 from app.core.tasks.registry import TaskRegistry
-from app.core.tasks.store import ResultStore
+from app.core.tasks.store import NO_RIDERS, ResultStore, Riders
 from app.core.tasks.threads import run_in_daemon_thread
 
 #: "host:pid", written into records so an operator can find the process that ran a task.
@@ -65,12 +65,16 @@ async def execute(
     worker: str = WORKER_NAME,
     on_context: Callable[[TaskContext], None] | None = None,
     record: TaskResult | None = None,
+    riders: Riders = NO_RIDERS,
 ) -> Outcome:
     """Run one attempt of the task if its record is waiting (PENDING or RETRY); otherwise
     (cancelled, finished, expired) do nothing and return ran=False.
 
     `record`: the record as the caller just read it (a Celery worker checks it first), which
     saves a read; a stale one is harmless (store.update's `expected` is only a hint).
+    `riders`: Redis commands bracketing the attempt (a worker's active-set entry): `before`
+    rides on the STARTED write, `after` on the final one. With ran=False, `before` may have
+    run and `after` has not: undoing it is the caller's.
     """
     if record is None:
         record = await store.get(task_id)
@@ -84,7 +88,10 @@ async def execute(
         return Outcome(record=failed, ran=False)
 
     started = await store.update(
-        task_id, lambda current: _to_started(current, executor, worker), expected=record
+        task_id,
+        lambda current: _to_started(current, executor, worker),
+        expected=record,
+        riders=Riders(before=riders.before),
     )
     if started is None:
         current = await store.get(task_id)
@@ -105,6 +112,7 @@ async def execute(
     ctx = TaskContext(
         task_id=task_id, name=spec.name, attempt=started.attempts, store=store, loop=loop
     )
+    done = Riders(after=riders.after)
     if on_context is not None:
         on_context(ctx)
     attempt = started.attempts
@@ -113,14 +121,14 @@ async def execute(
     except asyncio.CancelledError:
         # The runner cancelled us: a user's cancel (flag set first) or shutdown.
         if ctx.cancelled() and not ctx.interrupted:
-            final = await _finish(store, task_id, started, TaskStatus.CANCELLED, error=None)
+            final = await _finish(store, task_id, started, done, TaskStatus.CANCELLED, error=None)
         else:
             error = TaskError.from_exception(Interrupted("the runner stopped during the task"))
-            final = await _finish(store, task_id, started, TaskStatus.FAILURE, error=error)
+            final = await _finish(store, task_id, started, done, TaskStatus.FAILURE, error=error)
         _notify(hooks, final)
         raise
     except TaskCancelled:
-        final = await _finish(store, task_id, started, TaskStatus.CANCELLED, error=None)
+        final = await _finish(store, task_id, started, done, TaskStatus.CANCELLED, error=None)
         _notify(hooks, final)
         return Outcome(record=final, ran=True)
     except (Exception, SystemExit) as exc:
@@ -129,10 +137,10 @@ async def execute(
         error = TaskError.from_exception(exc)
         if attempt <= spec.retries and not ctx.cancelled():
             delay = retry_delay(spec, attempt)
-            final = await _finish(store, task_id, started, TaskStatus.RETRY, error=error)
+            final = await _finish(store, task_id, started, done, TaskStatus.RETRY, error=error)
             _notify(hooks, final)
             return Outcome(record=final, ran=True, retry_in=delay if final else None)
-        final = await _finish(store, task_id, started, TaskStatus.FAILURE, error=error)
+        final = await _finish(store, task_id, started, done, TaskStatus.FAILURE, error=error)
         _notify(hooks, final)
         return Outcome(record=final, ran=True)
 
@@ -141,9 +149,11 @@ async def execute(
     except (TypeError, ValueError, RecursionError) as exc:
         problem = InvalidTaskResult(f"{spec.name} returned a value JSON cannot store: {exc}")
         error = TaskError.from_exception(problem)
-        final = await _finish(store, task_id, started, TaskStatus.FAILURE, error=error)
+        final = await _finish(store, task_id, started, done, TaskStatus.FAILURE, error=error)
     else:
-        final = await _finish(store, task_id, started, TaskStatus.SUCCESS, result=stored_value)
+        final = await _finish(
+            store, task_id, started, done, TaskStatus.SUCCESS, result=stored_value
+        )
     _notify(hooks, final)
     return Outcome(record=final, ran=True)
 
@@ -211,12 +221,14 @@ async def _finish(
     store: ResultStore,
     task_id: str,
     started: TaskResult,
+    riders: Riders,
     status: TaskStatus,
     *,
     error: TaskError | None = None,
     result: Any = None,
 ) -> TaskResult | None:
-    """Settle the attempt `started` (the STARTED record this process wrote) as `status`."""
+    """Settle the attempt `started` (the STARTED record this process wrote) as `status`;
+    `riders` go with that write (or on their own when it is already settled)."""
     attempt = started.attempts
 
     def apply(record: TaskResult) -> TaskResult | None:
@@ -231,7 +243,7 @@ async def _finish(
 
     # Usually nothing changed since STARTED (a progress report or a cancel flag would have):
     # the hint makes this write one round trip on Redis.
-    return await store.update(task_id, apply, expected=started)
+    return await store.update(task_id, apply, expected=started, riders=riders)
 
 
 async def _settle_waiting(

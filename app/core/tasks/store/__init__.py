@@ -8,7 +8,9 @@ runner's tasks can be marked Interrupted), and named leases (one scheduler among
 
 A Redis store that is also the Celery broker can carry a task's broker message in the very step
 that creates its record (QueuePush, built by executors/wire.py): one round trip, and the message
-exists exactly when the record was created.
+exists exactly when the record was created. Likewise a Celery worker's active-set entry
+(Riders, built by app/workers/presence.py) rides in the round trips of its STARTED and final
+writes instead of taking two of its own.
 """
 
 from __future__ import annotations
@@ -32,6 +34,28 @@ class QueuePush:
 
     key: str
     payload: str
+
+
+@dataclass(frozen=True, slots=True)
+class KeyOp:
+    """One Redis command on one key: `command key *args` (e.g. HDEL worker:h:active id)."""
+
+    command: str
+    key: str
+    args: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Riders:
+    """Redis commands carried by update() in its compare-and-set step (DESIGN.md §4 keys that
+    are not records): `before` run ahead of the record's read, `after` once it is written."""
+
+    before: tuple[KeyOp, ...] = ()
+    after: tuple[KeyOp, ...] = ()
+
+
+#: No riders: what update() carries unless told otherwise.
+NO_RIDERS = Riders()
 
 
 class ResultStore(Protocol):
@@ -66,7 +90,12 @@ class ResultStore(Protocol):
         ...
 
     async def update(
-        self, task_id: str, mutate: Mutation, *, expected: TaskResult | None = None
+        self,
+        task_id: str,
+        mutate: Mutation,
+        *,
+        expected: TaskResult | None = None,
+        riders: Riders = NO_RIDERS,
     ) -> TaskResult | None:
         """Atomically apply mutate to the stored record; returns the new record, or None when
         the record is missing or mutate declined (returned None).
@@ -74,6 +103,12 @@ class ResultStore(Protocol):
         `expected` is a hint, never a condition: the record the caller believes is stored (it
         just read or wrote it). When right, Redis skips the read (one round trip); when stale,
         mutate is applied to the record actually stored, exactly as without the hint.
+
+        `riders` (Redis only; a store without Redis has no such keys and ignores them) travel
+        in the compare-and-set's own atomic step: `before` ahead of the first one (never sent
+        when mutate declines before any write is tried); `after` in the step that writes the
+        record or finds it missing, never in one that loses a race, and on their own when
+        update() ends without a write. A rider's own error is logged, never raised.
         """
         ...
 

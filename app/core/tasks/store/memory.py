@@ -12,7 +12,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 
 from app.core.tasks.models import TaskResult, TaskStatus
-from app.core.tasks.store import Mutation, QueuePush
+from app.core.tasks.store import NO_RIDERS, Mutation, QueuePush, Riders
 
 
 class MemoryStore:
@@ -51,9 +51,15 @@ class MemoryStore:
             return self._live(task_id)
 
     async def update(
-        self, task_id: str, mutate: Mutation, *, expected: TaskResult | None = None
+        self,
+        task_id: str,
+        mutate: Mutation,
+        *,
+        expected: TaskResult | None = None,
+        riders: Riders = NO_RIDERS,
     ) -> TaskResult | None:
         # `expected` only saves Redis a read; here the stored record is at hand anyway.
+        # `riders` name Redis keys this store does not have: nothing to carry them to.
         with self._lock:
             current = self._live(task_id)
             if current is None:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
@@ -20,7 +22,7 @@ from redis.exceptions import NoScriptError
 
 from app.core.redis_client import LoopLocalRedis, translate_unavailable
 from app.core.tasks.models import TaskResult, TaskStatus
-from app.core.tasks.store import Mutation, QueuePush
+from app.core.tasks.store import NO_RIDERS, KeyOp, Mutation, QueuePush, Riders
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
@@ -89,18 +91,34 @@ _CREATE_CHUNK = 500
 
 
 # update()'s compare-and-set, one round trip: the new JSON replaces the stored one only if the
-# stored one is still, byte for byte, the JSON the caller derived it from. KEYS: the record;
-# ARGV: expected JSON, new JSON, ttl. Reply: 1 (written), 0 (no record), else the JSON stored
-# now, so a lost race re-derives from it without another GET.
+# stored one is still, byte for byte, the JSON the caller derived it from. KEYS: the record,
+# then one per rider; ARGV: expected JSON, new JSON, ttl, how many riders go before and after,
+# then per rider its command, argument count and arguments. Reply: 1 (written), 0 (no record),
+# else the JSON stored now, so a lost race re-derives from it without another GET. The riders
+# before run first, whatever the reply; the ones after only with a reply of 1 or 0. pcall: a
+# rider's own error (a key of the wrong type) never stops the record's write.
 _CAS = """
+local function ride(at, first, last)
+  for n = first, last do
+    local count = tonumber(ARGV[at + 1])
+    redis.pcall(ARGV[at], KEYS[n + 1], unpack(ARGV, at + 2, at + 1 + count))
+    at = at + 2 + count
+  end
+  return at
+end
+local before, after = tonumber(ARGV[4]), tonumber(ARGV[5])
+local at = ride(6, 1, before)
 local current = redis.call('GET', KEYS[1])
-if current == false then return 0 end
-if current ~= ARGV[1] then return current end
-redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
-return 1
+if current ~= false and current ~= ARGV[1] then return current end
+if current ~= false then redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3]) end
+ride(at, before + 1, before + after)
+return current == false and 0 or 1
 """
 _CAS_SHA = hashlib.sha1(_CAS.encode()).hexdigest()
 
+
+#: Records whose JSON a store remembers (see RedisStore._known): a process has few in flight.
+_KNOWN_MAX = 256
 
 #: One encoder for every record: json.dumps(separators=...) would build a new one per call.
 _ENCODER = json.JSONEncoder(separators=(",", ":"))
@@ -133,6 +151,12 @@ class RedisStore:
         self._recent_max = recent_max
         self._recent = f"{prefix}tasks:recent"
         self._inflight = f"{prefix}inflight"
+        # task id -> (record, its JSON) last read or written here: an `expected` hint that *is*
+        # that record (the worker passes what it just read or wrote) needs no encoding again.
+        # Identity, not equality, and only ever a hint: a stale JSON just loses the CAS.
+        self._known: OrderedDict[str, tuple[TaskResult, str]] = OrderedDict()
+        # Held for dict operations only, never across an await: any loop may use the store.
+        self._known_lock = threading.Lock()
 
     def key(self, task_id: str) -> str:
         return f"{self.prefix}task:{task_id}"
@@ -186,41 +210,80 @@ class RedisStore:
     async def get(self, task_id: str) -> TaskResult | None:
         async with translate_unavailable("reading a task record"):
             raw = await self._redis.client().get(self.key(task_id))
-        return self._decode_or_none(task_id, raw)
+        record = self._decode_or_none(task_id, raw)
+        if record is not None and raw is not None:
+            self._remember(record, raw)
+        return record
 
     async def update(
-        self, task_id: str, mutate: Mutation, *, expected: TaskResult | None = None
+        self,
+        task_id: str,
+        mutate: Mutation,
+        *,
+        expected: TaskResult | None = None,
+        riders: Riders = NO_RIDERS,
     ) -> TaskResult | None:
         # Optimistic loop of one-round-trip compare-and-sets (_CAS) instead of WATCH/GET/MULTI:
         # with `expected` right (the worker and the runner just read or wrote the record) a
         # transition costs one round trip; without it, or with it stale, one GET more.
         key = self.key(task_id)
         client = self._redis.client()
+        before = riders.before
         async with translate_unavailable("updating a task record"):
             if expected is not None:
-                current, raw = expected, encode(expected)
+                current, raw = expected, self._json_of(expected)
             else:
                 raw = await client.get(key)
                 current = self._decode_or_none(task_id, raw)
             while current is not None:
                 new = mutate(current)
                 if new is None:
-                    return None
-                reply = await self._cas(client, key, raw, encode(new))
+                    break
+                new_raw = encode(new)
+                reply = await self._cas(client, key, raw, new_raw, before, riders.after)
                 if reply == 1:
+                    self._remember(new, new_raw)
                     return new
                 if reply == 0:
-                    return None
-                # Someone else changed it since (or `expected` was stale): re-derive.
+                    return None  # the script ran the riders after
+                # Someone else changed it since (or `expected` was stale): re-derive. The
+                # riders before already ran; the ones after wait for the write.
+                before = ()
                 raw = reply
                 current = self._decode_or_none(task_id, raw)
+            if riders.after:
+                await self._ride(client, riders.after)
         return None
 
-    async def _cas(self, client: aioredis.Redis, key: str, expected: str, new: str) -> int | str:
+    async def _cas(
+        self,
+        client: aioredis.Redis,
+        key: str,
+        expected: str,
+        new: str,
+        before: Sequence[KeyOp] = (),
+        after: Sequence[KeyOp] = (),
+    ) -> int | str:
+        keys = [key]
+        args: list[str | int] = [expected, new, self._ttl, len(before), len(after)]
+        for op in (*before, *after):
+            keys.append(op.key)
+            args += (op.command, len(op.args), *op.args)
         try:
-            return await client.evalsha(_CAS_SHA, 1, key, expected, new, self._ttl)
+            return await client.evalsha(_CAS_SHA, len(keys), *keys, *args)
         except NoScriptError:
-            return await client.eval(_CAS, 1, key, expected, new, self._ttl)
+            # Nothing ran (riders included): EVAL runs the whole step and caches the script.
+            return await client.eval(_CAS, len(keys), *keys, *args)
+
+    async def _ride(self, client: aioredis.Redis, ops: Sequence[KeyOp]) -> None:
+        """Riders on their own (update() wrote nothing): one pipelined round trip."""
+        async with client.pipeline(transaction=True) as pipe:
+            for op in ops:
+                pipe.execute_command(op.command, op.key, *op.args)
+            replies = await pipe.execute(raise_on_error=False)
+        for op, reply in zip(ops, replies, strict=True):
+            if isinstance(reply, Exception):
+                log.warning("%s %s failed: %s", op.command, op.key, reply)
 
     async def list(
         self,
@@ -308,6 +371,18 @@ class RedisStore:
 
     async def close(self) -> None:
         await self._redis.close()
+
+    def _remember(self, record: TaskResult, raw: str) -> None:
+        with self._known_lock:
+            self._known[record.task_id] = (record, raw)
+            self._known.move_to_end(record.task_id)
+            if len(self._known) > _KNOWN_MAX:
+                self._known.popitem(last=False)
+
+    def _json_of(self, record: TaskResult) -> str:
+        with self._known_lock:
+            known = self._known.get(record.task_id)
+        return known[1] if known is not None and known[0] is record else encode(record)
 
     def _decode_or_none(self, task_id: str, raw: str | None) -> TaskResult | None:
         if raw is None:
