@@ -2,6 +2,12 @@
 
 A threading.Lock (not asyncio.Lock) guards the maps: operations never await while holding it,
 and the store must survive being used from more than one event loop (tests, scripts).
+
+Each record is kept as one flat tuple of plain values (_Row), not as the TaskResult: the cyclic
+GC untracks a tuple holding only atomic values, so the up to max_records rows are not scanned by
+every full collection (with TaskResult objects, each a record, its tuple and its args list,
+those passes stalled requests for tens of ms: benchmark (d) p99). Every read builds a new
+TaskResult, with its own args list and kwargs dict.
 """
 
 from __future__ import annotations
@@ -10,8 +16,9 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
+from typing import Any
 
-from app.core.tasks.models import TaskResult, TaskStatus
+from app.core.tasks.models import FINISHED_STATUSES, Progress, TaskError, TaskResult, TaskStatus
 from app.core.tasks.store import NO_RIDERS, Mutation, QueuePush, Riders
 
 
@@ -23,8 +30,8 @@ class MemoryStore:
         self._ttl = result_ttl
         self._max = max_records
         self._lock = threading.Lock()
-        # task id -> (record, expires_at); insertion order = submission order.
-        self._records: OrderedDict[str, tuple[TaskResult, float]] = OrderedDict()
+        # task id -> its row (expires_at first); insertion order = submission order.
+        self._records: OrderedDict[str, _Row] = OrderedDict()
         self._claims: dict[str, str] = {}
         self._runners: dict[str, float] = {}
         self._leases: dict[str, tuple[str, float]] = {}
@@ -67,7 +74,7 @@ class MemoryStore:
             new = mutate(current)
             if new is None:
                 return None
-            self._records[task_id] = (new, time.monotonic() + self._ttl)
+            self._records[task_id] = _row(new, time.monotonic() + self._ttl)
             return new
 
     async def list(
@@ -80,14 +87,14 @@ class MemoryStore:
         now = time.monotonic()
         with self._lock:
             found: list[TaskResult] = []
-            for record, expires_at in reversed(self._records.values()):
-                if expires_at <= now:
+            for row in reversed(self._records.values()):
+                if row[0] <= now:
                     continue
-                if status is not None and record.status != status:
+                if status is not None and row[_STATUS] != status:
                     continue
-                if name is not None and record.name != name:
+                if name is not None and row[_NAME] != name:
                     continue
-                found.append(record)
+                found.append(_record(row))
                 if len(found) >= limit:
                     break
             return found
@@ -143,18 +150,18 @@ class MemoryStore:
         existing = self._live(record.task_id)
         if existing is not None:
             return existing, False
-        self._records[record.task_id] = (record, time.monotonic() + self._ttl)
+        self._records[record.task_id] = _row(record, time.monotonic() + self._ttl)
         self._evict()
         return record, True
 
     def _live(self, task_id: str) -> TaskResult | None:
-        entry = self._records.get(task_id)
-        if entry is None:
+        row = self._records.get(task_id)
+        if row is None:
             return None
-        if entry[1] <= time.monotonic():
+        if row[0] <= time.monotonic():
             del self._records[task_id]
             return None
-        return entry[0]
+        return _record(row)
 
     def _evict(self) -> None:
         """Drop the oldest finished records above the cap; unfinished ones are never dropped."""
@@ -163,10 +170,87 @@ class MemoryStore:
             return
         now = time.monotonic()
         doomed = []
-        for task_id, (record, expires_at) in self._records.items():
-            if record.finished or expires_at <= now:
+        for task_id, row in self._records.items():
+            if row[_STATUS] in _FINISHED or row[0] <= now:
                 doomed.append(task_id)
                 if len(doomed) >= excess:
                     break
         for task_id in doomed:
             del self._records[task_id]
+
+
+#: (expires_at, task_id, name, status, executor, queue, args, kwargs, result, error, attempts,
+#: progress, submitted_at, started_at, finished_at, worker, cancel_requested): args a tuple,
+#: kwargs a tuple of its items, error and progress tuples of their fields, status the plain
+#: str. The GC untracks a tuple only when no item is a container other than an untracked
+#: tuple: a dict (even an untracked one) or an enum member would keep the row tracked.
+_Row = tuple[Any, ...]
+_NAME = 2
+_STATUS = 3
+_STATUSES = {status.value: status for status in TaskStatus}
+_FINISHED = frozenset(status.value for status in FINISHED_STATUSES)
+
+
+def _row(record: TaskResult, expires_at: float) -> _Row:
+    error, progress = record.error, record.progress
+    return (
+        expires_at,
+        record.task_id,
+        record.name,
+        record.status.value,
+        record.executor,
+        record.queue,
+        tuple(record.args),
+        tuple(record.kwargs.items()),
+        record.result,
+        None if error is None else (error.type, error.message, error.traceback),
+        record.attempts,
+        None if progress is None else (progress.fraction, progress.message),
+        record.submitted_at,
+        record.started_at,
+        record.finished_at,
+        record.worker,
+        record.cancel_requested,
+    )
+
+
+def _record(row: _Row) -> TaskResult:
+    (
+        _,
+        task_id,
+        name,
+        status,
+        executor,
+        queue,
+        args,
+        kwargs,
+        result,
+        error,
+        attempts,
+        progress,
+        submitted_at,
+        started_at,
+        finished_at,
+        worker,
+        cancel_requested,
+    ) = row
+    return TaskResult(
+        task_id=task_id,
+        name=name,
+        status=_STATUSES[status],
+        executor=executor,
+        queue=queue,
+        args=list(args),
+        kwargs=dict(kwargs),
+        result=result,
+        error=None
+        if error is None
+        else TaskError(type=error[0], message=error[1], traceback=error[2]),
+        attempts=attempts,
+        progress=None if progress is None else Progress(fraction=progress[0], message=progress[1]),
+        submitted_at=submitted_at,
+        started_at=started_at,
+        finished_at=finished_at,
+        worker=worker,
+        cancel_requested=cancel_requested,
+    )
