@@ -399,6 +399,46 @@ def test_a_message_waits_for_an_unreachable_result_store_instead_of_being_lost(
         broker.cleanup()
 
 
+def test_an_outcome_reached_while_the_store_is_away_is_written_when_it_returns(
+    redis_server: RedisServer, redis_url: str, tmp_path: Path
+) -> None:
+    """The store goes away mid-task and comes back with its data (a Redis pod restarted from
+    its volume): the attempt's outcome waits in the pool process and is written then, instead
+    of the record staying STARTED under a live worker that no reaper would settle."""
+    broker = RedisServer()  # a broker of its own, so only the store goes away
+    broker.start()
+    try:
+        env = {"REDIS_URL": redis_url}
+        with CeleryWorker(broker.url, log_path=tmp_path / "worker.log", env=env) as worker:
+            records = Records(redis_url)
+            record = records.create("celery_sleep_terminable", [1.5], "heavy")
+            app = create_celery_app(Settings(celery_broker_url=broker.url, redis_url=redis_url))
+            app.send_task(
+                "celery_sleep_terminable", args=[1.5], queue="heavy", task_id=record.task_id
+            )
+            app.close()
+            records.wait([record.task_id], {TaskStatus.STARTED}, worker)
+            records.client.close()
+
+            redis_server.stop(keep_data=True)  # the body finishes while the store is away
+            wait_until(lambda: "outcome kept" in worker.log(), "the outcome held back", 10)
+            redis_server.start()
+
+            records = Records(redis_url)
+            [done] = records.wait([record.task_id], FINISHED, worker, timeout=20)
+            assert (done.status, done.result, done.worker) == (
+                TaskStatus.SUCCESS,
+                "slept",
+                worker.hostname,
+            )
+            # The active entry rode with the late write.
+            assert records.client.zcard(KEYS.active("heavy")) == 0
+            assert not records.client.exists(KEYS.worker_active(worker.hostname))
+            records.client.close()
+    finally:
+        broker.cleanup()
+
+
 # -- the presence keys on their own (real Redis, no worker) ----------------------------------
 
 

@@ -92,9 +92,18 @@ class RedisServer:
                 time.sleep(0.05)
         client.close()
 
-    def stop(self) -> None:
-        if self.process is not None:
-            terminate(self.process)
+    def stop(self, *, keep_data: bool = False) -> None:
+        """Stop the server; keep_data: SHUTDOWN SAVE first, so start() reloads every key (an
+        outage without data loss, like a Redis pod restarted from its volume)."""
+        if self.process is None:
+            return
+        if keep_data and self.process.poll() is None:
+            client = redis.Redis.from_url(self.url)
+            with contextlib.suppress(redis.exceptions.ConnectionError):
+                client.shutdown(save=True)
+            client.close()
+            self.process.wait(timeout=30)
+        terminate(self.process)
         self.process = None
 
     def flush(self) -> None:

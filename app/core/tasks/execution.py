@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import random
 import socket
@@ -25,6 +26,7 @@ from app.core.tasks.context import TaskContext
 from app.core.tasks.errors import (
     Interrupted,
     InvalidTaskResult,
+    StoreUnavailable,
     TaskCancelled,
     TaskTimeout,
     UnknownTaskError,
@@ -37,6 +39,16 @@ from app.core.tasks.threads import run_in_daemon_thread
 
 #: "host:pid", written into records so an operator can find the process that ran a task.
 WORKER_NAME = f"{socket.gethostname()}:{os.getpid()}"
+
+#: How long an attempt that has finished keeps trying to write its outcome while the store
+#: does not answer (first retry after 0.1 s, doubling up to 5 s). The outcome exists only in
+#: this process: giving up leaves the record STARTED by a live owner, which no reaper settles.
+#: A worker holds its pool slot meanwhile, which costs nothing while its broker (the same
+#: Redis, usually) is down too.
+OUTCOME_WRITE_PATIENCE = 300.0
+_OUTCOME_RETRY_FIRST, _OUTCOME_RETRY_MAX = 0.1, 5.0
+
+log = logging.getLogger("tasklane.tasks")
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,11 +132,16 @@ async def execute(
         value = await _call(spec, ctx, started)
     except asyncio.CancelledError:
         # The runner cancelled us: a user's cancel (flag set first) or shutdown.
+        # Not patient: a runner shutting down must not wait for a store that is away.
         if ctx.cancelled() and not ctx.interrupted:
-            final = await _finish(store, task_id, started, done, TaskStatus.CANCELLED, error=None)
+            final = await _finish(
+                store, task_id, started, done, TaskStatus.CANCELLED, error=None, patient=False
+            )
         else:
             error = TaskError.from_exception(Interrupted("the runner stopped during the task"))
-            final = await _finish(store, task_id, started, done, TaskStatus.FAILURE, error=error)
+            final = await _finish(
+                store, task_id, started, done, TaskStatus.FAILURE, error=error, patient=False
+            )
         _notify(hooks, final)
         raise
     except TaskCancelled:
@@ -226,9 +243,14 @@ async def _finish(
     *,
     error: TaskError | None = None,
     result: Any = None,
+    patient: bool = True,
 ) -> TaskResult | None:
     """Settle the attempt `started` (the STARTED record this process wrote) as `status`;
-    `riders` go with that write (or on their own when it is already settled)."""
+    `riders` go with that write (or on their own when it is already settled).
+
+    `patient`: while the store does not answer, retry for up to OUTCOME_WRITE_PATIENCE
+    seconds before raising StoreUnavailable (see there).
+    """
     attempt = started.attempts
 
     def apply(record: TaskResult) -> TaskResult | None:
@@ -243,7 +265,33 @@ async def _finish(
 
     # Usually nothing changed since STARTED (a progress report or a cancel flag would have):
     # the hint makes this write one round trip on Redis.
-    return await store.update(task_id, apply, expected=started, riders=riders)
+    try:
+        return await store.update(task_id, apply, expected=started, riders=riders)
+    except StoreUnavailable as exc:
+        if not patient:
+            raise
+        first_error = exc
+    log.warning(
+        "result store unavailable, outcome kept and retried for up to %g s: %s",
+        OUTCOME_WRITE_PATIENCE,
+        first_error,
+        extra={"task_id": task_id, "status": status.value},
+    )
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + OUTCOME_WRITE_PATIENCE
+    delay = _OUTCOME_RETRY_FIRST
+    while True:
+        await asyncio.sleep(min(delay, max(deadline - loop.time(), 0.0)))
+        try:
+            # No `expected`: whatever the store held across the outage is read afresh.
+            written = await store.update(task_id, apply, riders=riders)
+        except StoreUnavailable:
+            if loop.time() >= deadline:
+                raise
+            delay = min(delay * 2, _OUTCOME_RETRY_MAX)
+            continue
+        log.info("result store back, outcome written", extra={"task_id": task_id})
+        return written
 
 
 async def _settle_waiting(
