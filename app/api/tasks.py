@@ -77,7 +77,7 @@ async def submit_task(
     request: Request,
     background_tasks: BackgroundTasks,
     manager: AuthorisedManager,
-) -> SubmitResponse:
+) -> SafeJSONResponse:
     """Submit a registered task by name; it starts after this response is sent.
 
     404 for an unknown name, 422 when the arguments do not fit the task's signature.
@@ -86,10 +86,18 @@ async def submit_task(
     task_id = await _submit(
         manager, body.name, body.args, body.kwargs, background_tasks, options=options
     )
-    # A re-submitted id returns the existing record, which may be further along than PENDING.
-    record = await manager.get_result(task_id)
-    status = record.status if record is not None else TaskStatus.PENDING
-    return SubmitResponse(task_id=task_id, status=status, status_url=status_url(request, task_id))
+    status = TaskStatus.PENDING  # what submit() just wrote for a new id
+    if body.task_id is not None:
+        # A re-submitted id returns the existing record, which may be further along.
+        record = await manager.get_result(task_id)
+        if record is not None:
+            status = record.status
+    # Built here rather than validated again through response_model (which still documents
+    # it): the three fields are already known to fit, and this is every submit's path.
+    return SafeJSONResponse(
+        {"task_id": task_id, "status": status.value, "status_url": status_url(request, task_id)},
+        status_code=202,
+    )
 
 
 @router.get("", response_model=TaskList)
