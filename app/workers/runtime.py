@@ -58,7 +58,7 @@ class Runtime:
         #: around each task, so a delivery needs no hop off the loop.
         self.async_redis: LoopLocalRedis | None = LoopLocalRedis(url) if url else None
         self.pid = os.getpid()
-        self.loop = asyncio.new_event_loop()
+        self.loop = new_event_loop()
         self._thread = threading.Thread(
             target=self._serve, name="tasklane-worker-loop", daemon=True
         )
@@ -78,6 +78,19 @@ class Runtime:
             coro.close()
             raise RuntimeError("Runtime.run() called from its own loop thread would deadlock")
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop's loop when installed (uvicorn[standard] brings it), else asyncio's.
+
+    Every task a worker runs costs three Redis round trips on this loop; uvloop's socket and
+    wake-up handling takes about a quarter less CPU per command than the default loop's.
+    """
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency; asyncio is the fallback
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
 
 
 _lock = threading.Lock()

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import redis
+import uvloop
 
 from app.config import Settings
 from app.core.tasks.models import TaskResult, TaskStatus, utcnow
@@ -121,6 +122,12 @@ def test_a_waiting_task_is_one_loop_hop_and_three_round_trips(
     assert (ran["zadd"], ran["hset"], ran["zrem"], ran["hdel"]) == (1, 1, 1, 1)
     assert seen_active == [True, True]
     assert presence.active_ids(client, runtime.keys, ["light"]) == {"light": set()}
+
+
+def test_the_runtime_loop_is_uvloop(runtime: Runtime) -> None:
+    """Each delivery's round trips run on this loop: uvloop's, a dependency (uvicorn[standard]),
+    takes about a quarter less CPU per Redis command than asyncio's default loop."""
+    assert isinstance(runtime.loop, uvloop.Loop)
 
 
 def test_a_finished_task_is_not_run_again_nor_marked_active(runtime: Runtime) -> None:
