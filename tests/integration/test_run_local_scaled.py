@@ -17,6 +17,13 @@ from tests.support.processes import REPO_ROOT, clean_environment, free_port, wai
 pytestmark = pytest.mark.integration
 
 
+def _as_in_a_terminal() -> None:
+    """In the child before exec: SIGINT back to its default. A test run started in the
+    background of a non-interactive shell inherits SIGINT ignored, and a shell cannot trap a
+    signal ignored on entry; a terminal's foreground job never has it ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_run_local_scaled_runs_heavy_tasks_on_its_worker_and_stops_on_ctrl_c(
     tmp_path: Path,
 ) -> None:
@@ -34,6 +41,7 @@ def test_run_local_scaled_runs_heavy_tasks_on_its_worker_and_stops_on_ctrl_c(
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=_as_in_a_terminal,
         )
     try:
         wait_for_port(port, timeout=60, process=process)
