@@ -17,7 +17,8 @@ import urllib.request
 from typing import Any
 
 from scripts.bench.common import Profile, Result, Target, Workspace, log, redis_server
-from scripts.bench.servers import BareServer, children, rss_mb, tasklane_server
+from scripts.bench.servers import BareServer, rss_mb, tasklane_server
+from tests.support.processes import child_pids
 
 TARGET_MB = 120.0
 
@@ -38,7 +39,7 @@ async def _idle_rss(url: str, pid: int, idle: float, mode: str | None) -> float:
         if reported != mode:
             raise RuntimeError(f"{url} runs in {reported} mode, expected {mode}")
     await asyncio.sleep(idle)
-    return rss_mb(pid) + sum(rss_mb(child) for child in children(pid))
+    return rss_mb(pid) + sum(rss_mb(child) for child in child_pids(pid))
 
 
 async def run(profile: Profile, workspace: Workspace) -> list[Result]:

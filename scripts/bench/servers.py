@@ -82,9 +82,3 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024 / 1e6
     raise RuntimeError(f"no VmRSS line for pid {pid}")
-
-
-def children(pid: int) -> list[int]:
-    """Direct child processes of pid (uvicorn workers, if any), from /proc."""
-    path = Path(f"/proc/{pid}/task/{pid}/children")
-    return [int(part) for part in path.read_text().split()] if path.exists() else []

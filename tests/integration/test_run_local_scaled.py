@@ -3,6 +3,7 @@ beat come up on this machine, a heavy task runs on the worker, and Ctrl-C stops 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -12,7 +13,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.processes import REPO_ROOT, clean_environment, free_port, wait_for_port
+from tests.support.processes import (
+    REPO_ROOT,
+    child_pids,
+    clean_environment,
+    free_port,
+    wait_for_port,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -74,5 +81,10 @@ def test_run_local_scaled_runs_heavy_tasks_on_its_worker_and_stops_on_ctrl_c(
             wait_for_port(redis_port, timeout=1)  # its redis-server is gone too
     finally:
         if process.poll() is None:
+            # Each service has a process group of its own (the script's `set -m`): a failed
+            # run must not leave them serving.
+            for service in child_pids(process.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(service, signal.SIGKILL)
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()

@@ -120,6 +120,15 @@ class RedisServer:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
+def child_pids(pid: int) -> list[int]:
+    """Direct child processes of pid, from /proc (empty once it has exited)."""
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    try:
+        return [int(part) for part in path.read_text().split()]
+    except FileNotFoundError:
+        return []
+
+
 def terminate(process: subprocess.Popen[Any], grace: float = 10.0) -> None:
     """SIGTERM, then SIGKILL if it has not exited within `grace` seconds; reaps it."""
     if process.poll() is not None:
