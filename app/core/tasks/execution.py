@@ -40,12 +40,11 @@ from app.core.tasks.threads import run_in_daemon_thread
 #: "host:pid", written into records so an operator can find the process that ran a task.
 WORKER_NAME = f"{socket.gethostname()}:{os.getpid()}"
 
-#: How long an attempt that has finished keeps trying to write its outcome while the store
-#: does not answer (first retry after 0.1 s, doubling up to 5 s). The outcome exists only in
-#: this process: giving up leaves the record STARTED by a live owner, which no reaper settles.
-#: A worker holds its pool slot meanwhile, which costs nothing while its broker (the same
-#: Redis, usually) is down too.
-OUTCOME_WRITE_PATIENCE = 300.0
+#: Backoff of an outcome write the store refused: 0.1 s, doubling up to 5 s, with no limit.
+#: The outcome exists only in this process; giving up would leave the record STARTED under a
+#: live owner, which nothing settles. Only the process stopping ends the wait (a cancel here;
+#: its death otherwise, which the reapers and the worker take-over already handle). A worker
+#: holds its pool slot meanwhile, which costs nothing while its store is away.
 _OUTCOME_RETRY_FIRST, _OUTCOME_RETRY_MAX = 0.1, 5.0
 
 log = logging.getLogger("tasklane.tasks")
@@ -248,8 +247,8 @@ async def _finish(
     """Settle the attempt `started` (the STARTED record this process wrote) as `status`;
     `riders` go with that write (or on their own when it is already settled).
 
-    `patient`: while the store does not answer, retry for up to OUTCOME_WRITE_PATIENCE
-    seconds before raising StoreUnavailable (see there).
+    `patient`: while the store does not answer, keep retrying (see _OUTCOME_RETRY_FIRST)
+    instead of raising StoreUnavailable.
     """
     attempt = started.attempts
 
@@ -272,22 +271,17 @@ async def _finish(
             raise
         first_error = exc
     log.warning(
-        "result store unavailable, outcome kept and retried for up to %g s: %s",
-        OUTCOME_WRITE_PATIENCE,
+        "result store unavailable, outcome kept until it answers: %s",
         first_error,
         extra={"task_id": task_id, "status": status.value},
     )
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + OUTCOME_WRITE_PATIENCE
     delay = _OUTCOME_RETRY_FIRST
     while True:
-        await asyncio.sleep(min(delay, max(deadline - loop.time(), 0.0)))
+        await asyncio.sleep(delay)
         try:
             # No `expected`: whatever the store held across the outage is read afresh.
             written = await store.update(task_id, apply, riders=riders)
         except StoreUnavailable:
-            if loop.time() >= deadline:
-                raise
             delay = min(delay * 2, _OUTCOME_RETRY_MAX)
             continue
         log.info("result store back, outcome written", extra={"task_id": task_id})

@@ -244,9 +244,9 @@ class BackgroundTasksExecutor(Executor):
         except asyncio.CancelledError:
             settled = self._accepting  # a user cancel settles here; shutdown settles in stop()
         except StoreUnavailable as exc:
-            # Redis stayed away longer than execute()'s OUTCOME_WRITE_PATIENCE, or vanished
-            # before the STARTED write: the record cannot be written now. Keep the claim, so
-            # the reaper settles it as Interrupted if this runner dies.
+            # Redis vanished before the attempt could start (a finished attempt's outcome
+            # waits for it inside execute()): keep the claim, so the reaper settles the record
+            # as Interrupted if this runner dies.
             log.error("task %s: result store unavailable: %s", task_id, exc)
         except Exception:
             log.exception("runner failed while executing task %s", task_id)
