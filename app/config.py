@@ -63,8 +63,11 @@ class Settings(BaseSettings):
     #: "auto": the in-process scheduler runs only when no Celery beat owns the schedule.
     scheduler: Literal["auto", "on", "off"] = "auto"
 
-    #: When set, mutating endpoints require "Authorization: Bearer <token>".
+    #: When set, every endpoint but the probes and /metrics requires
+    #: "Authorization: Bearer <token>" (app/api/auth.py); unset or empty: all open (warned).
     api_token: SecretStr | None = None
+    #: Serve `error.traceback` in task records over HTTP (it names server paths and code).
+    expose_tracebacks: bool = False
     #: Largest request body accepted, in bytes (413 above it).
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     #: Largest total audio a WebSocket session may stream, in bytes.

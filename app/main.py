@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from app.api.auth import install_token_guard, warn_if_open
 from app.api.errors import install_error_handlers
 from app.api.examples import router as examples_router
 from app.api.health import router as health_router
@@ -43,6 +44,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         configure_logging(settings.log_format, settings.log_level)
+        warn_if_open(settings)
         manager = build_task_manager(settings)
         set_task_manager(manager)
         domain_data = configure_domain_data(settings)
@@ -78,10 +80,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.manager = None
 
     install_error_handlers(app)
-    # Added last = outermost: an oversized body is refused before anything else runs, and
-    # HttpMetrics, outside it, still counts that refusal.
+    # Added last = outermost: a request without the token is refused before anything else
+    # runs (its body unread), then an oversized body; HttpMetrics, outside both, counts them.
     app.add_middleware(HandoffGuard)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    install_token_guard(app, settings)
     app.add_middleware(HttpMetrics)
 
     app.include_router(tasks_router)

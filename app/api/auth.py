@@ -1,20 +1,40 @@
-"""Bearer-token guard for mutating endpoints, on when TASKLANE_API_TOKEN is set.
+"""Bearer-token guard for the whole API, on when TASKLANE_API_TOKEN is set.
 
-GETs stay open (status pages, probes, dashboards); every POST depends on require_token,
-directly or through app/api/dependencies.py's AuthorisedManager (the task routes). The
-WebSocket handler uses token_matches() with a header or ?token= (browsers cannot set headers
-on a WebSocket).
+The one rule: with a token configured, every HTTP request needs `Authorization: Bearer
+<token>` except OPEN_PATHS — the probes and /metrics (kubelets and Prometheus call them without
+credentials, and they carry no task data) and the API's own description (/docs,
+/openapi.json). Task records, listings, executors and workers, the domain resources: all behind
+it, reads included, because a record holds the task's arguments and result.
+
+TokenGuard is pure ASGI, outside FastAPI's routing, on purpose: FastAPI reads and parses a
+request body before it solves any dependency, so a route dependency answers a malformed body
+with 422 before it could say 401. Here nothing of the request is read before the check, and a
+route added later is guarded without having to remember a dependency.
+
+The WebSocket handler (app/api/ws.py) checks token_matches() itself, after accepting: it
+answers with an error frame and close code 1008, and takes the token from ?token= as well
+(browsers cannot set headers on a WebSocket).
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import secrets
 from typing import TYPE_CHECKING
 
-from fastapi import HTTPException, Request
-
 if TYPE_CHECKING:
+    from fastapi import FastAPI
+    from starlette.types import ASGIApp, Receive, Scope, Send
+
     from app.config import Settings
+
+log = logging.getLogger("tasklane.api.auth")
+
+#: Answered without the token: liveness, readiness and metrics scrapes.
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+_UNAUTHORISED = json.dumps({"detail": "Missing or invalid bearer token."}).encode()
 
 
 def expected_token(settings: Settings) -> str | None:
@@ -42,12 +62,66 @@ def bearer(authorization: str | None) -> str | None:
     return token.strip() or None
 
 
-async def require_token(request: Request) -> None:
-    """Dependency: 401 with `WWW-Authenticate: Bearer` unless the request carries the token."""
-    settings: Settings = request.app.state.settings
-    if not token_matches(settings, bearer(request.headers.get("authorization"))):
-        raise HTTPException(
-            status_code=401,
-            detail="Missing or invalid bearer token.",
-            headers={"WWW-Authenticate": "Bearer"},
+class TokenGuard:
+    """Pure ASGI middleware: 401 with `WWW-Authenticate: Bearer` for an HTTP request outside
+    open_paths that does not carry the token; anything else passes untouched."""
+
+    def __init__(self, app: ASGIApp, *, settings: Settings, open_paths: frozenset[str]) -> None:
+        self.app = app
+        self.settings = settings
+        self.open_paths = open_paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or _route_path(scope) in self.open_paths:
+            await self.app(scope, receive, send)
+            return
+        if token_matches(self.settings, bearer(_header(scope, b"authorization"))):
+            await self.app(scope, receive, send)
+            return
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 401,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(_UNAUTHORISED)).encode()),
+                    (b"www-authenticate", b"Bearer"),
+                ],
+            }
         )
+        await send({"type": "http.response.body", "body": _UNAUTHORISED})
+
+
+def install_token_guard(app: FastAPI, settings: Settings) -> None:
+    """Guard `app` when a token is configured (no middleware at all otherwise). Open: OPEN_PATHS
+    and the app's documentation pages."""
+    if expected_token(settings) is None:
+        return
+    docs = {app.openapi_url, app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url}
+    open_paths = OPEN_PATHS | {path for path in docs if path}
+    app.add_middleware(TokenGuard, settings=settings, open_paths=frozenset(open_paths))
+
+
+def warn_if_open(settings: Settings) -> None:
+    """One WARNING at start-up when no token is configured: then anyone who reaches the api
+    may submit and cancel tasks and read their arguments and results."""
+    if expected_token(settings) is None:
+        log.warning(
+            "TASKLANE_API_TOKEN is not set (or empty): every endpoint is open, mutating ones "
+            "(submit, cancel, votes) and task data (arguments, results) included; set "
+            "TASKLANE_API_TOKEN to require 'Authorization: Bearer <token>'"
+        )
+
+
+def _route_path(scope: Scope) -> str:
+    # The path the router matches: without the root_path a proxy mounts the app under.
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    return path[len(root) :] if root and path.startswith(root) else path
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return value.decode("latin-1")
+    return None

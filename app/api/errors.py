@@ -49,8 +49,11 @@ class Unprocessable(BaseModel):
 INVALID: dict[int | str, dict[str, Any]] = {
     422: {"model": Unprocessable, "description": "Invalid input"},
 }
-MUTATING: dict[int | str, dict[str, Any]] = {
+#: Every router behind the token (app/api/auth.py: all but the probes and /metrics).
+PROTECTED: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "Missing or invalid bearer token"},
+}
+MUTATING: dict[int | str, dict[str, Any]] = {
     413: {"model": ErrorBody, "description": "Request body too large"},
 }
 

@@ -8,19 +8,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, BackgroundTasks, Depends, HTTPException
+from fastapi import APIRouter, BackgroundTasks, HTTPException
 
-from app.api.auth import require_token
-from app.api.errors import ERRORS, INVALID, MUTATING
+from app.api.errors import ERRORS, INVALID, MUTATING, PROTECTED
 from app.core.tasks import get_task_manager
 
-router = APIRouter(tags=["examples"])
+router = APIRouter(tags=["examples"], responses=PROTECTED)
 
 
 @router.post(
     "/process",
     status_code=202,
-    dependencies=[Depends(require_token)],
     responses={**ERRORS, **INVALID, **MUTATING},
 )
 async def process_data(data: dict[str, Any], background_tasks: BackgroundTasks) -> dict[str, str]:

@@ -9,12 +9,11 @@ from __future__ import annotations
 import logging
 from typing import Annotated, Any
 
-from fastapi import APIRouter, BackgroundTasks, Depends, HTTPException, Path
+from fastapi import APIRouter, BackgroundTasks, HTTPException, Path
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.auth import require_token
 from app.api.dependencies import Manager
-from app.api.errors import ERRORS, MUTATING
+from app.api.errors import ERRORS, MUTATING, PROTECTED
 from app.core.tasks import ExecutorUnavailable
 from app.tasks.data import get_domain_data
 
@@ -22,7 +21,7 @@ log = logging.getLogger("tasklane.api.resources")
 
 ResourceIdPath = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")]
 
-router = APIRouter(prefix="/api/resources", tags=["resources"])
+router = APIRouter(prefix="/api/resources", tags=["resources"], responses=PROTECTED)
 
 
 class VoteRequest(BaseModel):
@@ -65,7 +64,6 @@ async def get_resource(resource_id: ResourceIdPath) -> dict[str, Any]:
 @router.post(
     "/{resource_id}/votes",
     status_code=201,
-    dependencies=[Depends(require_token)],
     responses={**MUTATING, 503: ERRORS[503]},
 )
 async def add_vote(
@@ -97,7 +95,6 @@ async def add_vote(
 @router.post(
     "/{resource_id}/impressions",
     status_code=202,
-    dependencies=[Depends(require_token)],
     responses={**MUTATING, 503: ERRORS[503]},
 )
 async def record_impressions(

@@ -46,7 +46,9 @@ class RecalculateRequest(BaseModel):
 class TaskErrorInfo(BaseModel):
     type: str
     message: str
-    traceback: str = ""
+    traceback: str = Field(
+        default="", description="Served only when TASKLANE_EXPOSE_TRACEBACKS is on"
+    )
 
 
 class ProgressInfo(BaseModel):

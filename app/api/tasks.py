@@ -9,8 +9,9 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, BackgroundTasks, Query, Request
 
-from app.api.dependencies import AuthorisedManager, Manager, status_url
-from app.api.errors import ERRORS, INVALID, MUTATING, ErrorBody, SafeJSONResponse
+from app.api.dependencies import Manager, status_url
+from app.api.errors import ERRORS, INVALID, MUTATING, PROTECTED, ErrorBody, SafeJSONResponse
+from app.api.records import served
 from app.api.schemas import (
     CancelResponse,
     ExecutorsResponse,
@@ -63,7 +64,7 @@ async def _submit(
 
 # -- routes ----------------------------------------------------------------------------------
 
-router = APIRouter(prefix="/api/tasks", tags=["tasks"])
+router = APIRouter(prefix="/api/tasks", tags=["tasks"], responses=PROTECTED)
 
 
 @router.post(
@@ -76,7 +77,7 @@ async def submit_task(
     body: SubmitRequest,
     request: Request,
     background_tasks: BackgroundTasks,
-    manager: AuthorisedManager,
+    manager: Manager,
 ) -> SafeJSONResponse:
     """Submit a registered task by name; it starts after this response is sent.
 
@@ -102,6 +103,7 @@ async def submit_task(
 
 @router.get("", response_model=TaskList)
 async def list_tasks(
+    request: Request,
     manager: Manager,
     status: Annotated[TaskStatus | None, Query()] = None,
     name: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
@@ -109,7 +111,10 @@ async def list_tasks(
 ) -> SafeJSONResponse:
     """Recently submitted tasks, newest first, optionally filtered by status and name."""
     records = await manager.list(status=status, name=name, limit=limit)
-    return SafeJSONResponse({"tasks": [record.to_dict() for record in records]})
+    settings: Settings = request.app.state.settings
+    return SafeJSONResponse(
+        {"tasks": [served(record, manager.registry, settings) for record in records]}
+    )
 
 
 @router.get("/executors", response_model=ExecutorsResponse)
@@ -155,12 +160,12 @@ def _route_now(executor: Executor, spec: TaskSpec) -> str:
 
 
 @router.get("/{task_id}/status", name="task_status", response_model=TaskRecord, responses=ERRORS)
-async def task_status(task_id: TaskIdPath, manager: Manager) -> SafeJSONResponse:
+async def task_status(task_id: TaskIdPath, request: Request, manager: Manager) -> SafeJSONResponse:
     """The task's record; 404 for an id never submitted (or expired), never PENDING."""
     record = await manager.get_result(task_id)
     if record is None:
         raise TaskNotFound(task_id)
-    return SafeJSONResponse(record.to_dict())
+    return SafeJSONResponse(served(record, manager.registry, request.app.state.settings))
 
 
 @router.post(
@@ -172,7 +177,7 @@ async def task_status(task_id: TaskIdPath, manager: Manager) -> SafeJSONResponse
         409: {"model": ErrorBody, "description": "The task already finished"},
     },
 )
-async def cancel_task(task_id: TaskIdPath, manager: AuthorisedManager) -> CancelResponse:
+async def cancel_task(task_id: TaskIdPath, manager: Manager) -> CancelResponse:
     """Cancel a waiting task, or ask a running one to stop; 409 once it has finished."""
     outcome, record = await manager.cancel_task(task_id)
     return CancelResponse(
@@ -203,7 +208,7 @@ async def _maintenance(
 async def recalculate_ratings(
     request: Request,
     background_tasks: BackgroundTasks,
-    manager: AuthorisedManager,
+    manager: Manager,
     body: RecalculateRequest | None = None,
 ) -> MaintenanceResponse:
     """Recalculate one resource's rating ({"resource_id": ...}), or all of them (no body)."""
@@ -221,7 +226,7 @@ async def recalculate_ratings(
     responses={**ERRORS, **MUTATING},
 )
 async def sync_impressions(
-    request: Request, background_tasks: BackgroundTasks, manager: AuthorisedManager
+    request: Request, background_tasks: BackgroundTasks, manager: Manager
 ) -> MaintenanceResponse:
     """Fold the impression counts recorded since the last sync into the resources."""
     return await _maintenance(request, manager, background_tasks, "sync_impressions_from_redis")
@@ -234,7 +239,7 @@ async def sync_impressions(
     responses={**ERRORS, **MUTATING},
 )
 async def cleanup_sessions(
-    request: Request, background_tasks: BackgroundTasks, manager: AuthorisedManager
+    request: Request, background_tasks: BackgroundTasks, manager: Manager
 ) -> MaintenanceResponse:
     """Delete expired audio sessions."""
     return await _maintenance(request, manager, background_tasks, "cleanup_sessions")

@@ -4,8 +4,9 @@ Protocol on /ws/audio/{resource_id}:
   client → binary frames (raw PCM16 LE mono) and/or text {"type": "chunk", "data": "<base64>"},
            then {"type": "end", "user_name": "..."} (user_name optional)
   server → {"type": "accepted", "task_id"}, {"type": "status", "status", "progress"} on each
-           change (polled every POLL_INTERVAL s), then {"type": "result", ...record without its
-           args, which are the audio just sent} and close 1000.
+           change (polled every POLL_INTERVAL s), then {"type": "result", ...record as
+           GET /api/tasks/{task_id}/status serves it, without its args (the audio just sent)}
+           and close 1000.
 Errors: {"type": "error", "detail"} then close 1003 (a frame we do not understand), 1007 (bad
 JSON, base64 or values), 1008 (token), 1009 (more than TASKLANE_MAX_AUDIO_BYTES), 1011/1013
 (the task could not be submitted; 1013: try again later). A client that leaves early does not
@@ -27,6 +28,7 @@ from fastapi import APIRouter, BackgroundTasks, Path, WebSocket
 from starlette.websockets import WebSocketDisconnect, WebSocketDisconnected
 
 from app.api.auth import bearer, token_matches
+from app.api.records import served
 from app.core.tasks import (
     ExecutorUnavailable,
     InvalidTaskArgs,
@@ -97,7 +99,7 @@ async def audio_socket(websocket: WebSocket, resource_id: ResourceIdPath) -> Non
         chunks, user_name = await _receive_audio(websocket, settings.max_audio_bytes)
         task_id = await handle_audio_processing(resource_id, chunks, user_name)
         await _send(websocket, {"type": "accepted", "task_id": task_id})
-        await _follow(websocket, get_task_manager(), task_id)
+        await _follow(websocket, get_task_manager(), task_id, settings)
     except _Reject as exc:
         await _fail(websocket, exc.code, exc.detail)
     except ExecutorUnavailable as exc:  # the runner is stopping, or Redis is away
@@ -203,7 +205,9 @@ def _decode_chunk(data: object, total: int, limit: int) -> bytes:
         raise _Reject(1007, "A chunk's 'data' is not valid base64.") from None
 
 
-async def _follow(websocket: WebSocket, manager: TaskManager, task_id: str) -> None:
+async def _follow(
+    websocket: WebSocket, manager: TaskManager, task_id: str, settings: Settings
+) -> None:
     """Send status frames until the task finishes, then the result; close 1000."""
     # Listening while polling notices a client that left; frames it sends now are ignored.
     receiver = asyncio.ensure_future(websocket.receive())
@@ -213,7 +217,7 @@ async def _follow(websocket: WebSocket, manager: TaskManager, task_id: str) -> N
             record = await manager.get_result(task_id)
             if record is None:
                 raise _Reject(1011, f"The record of task {task_id} expired.")
-            data = record.to_dict()
+            data = served(record, manager.registry, settings)
             state = (data["status"], data["progress"])
             if state != last:
                 last = state

@@ -2,7 +2,9 @@
 
 Heavy (CPU-bound decoding and level analysis), so in scaled mode it runs on a Celery worker;
 the analysis itself runs on a thread so an in-process run never blocks the api's event loop.
-Idempotent: a re-run analyses the same audio again and writes the same result.
+Idempotent: a re-run analyses the same audio again and writes the same result. The audio is
+kept out of API answers and log lines (sensitive): a status answer would otherwise echo
+megabytes of base64.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from app.tasks.data.common import now_iso
 log = logging.getLogger("tasklane.tasks.audio")
 
 
-@task(weight="heavy", idempotent=True, timeout=300, takes_context=True)
+@task(weight="heavy", idempotent=True, timeout=300, takes_context=True, sensitive=("audio_chunks",))
 async def process_speak_audio(
     ctx: TaskContext,
     resource_id: str,

@@ -8,6 +8,11 @@ Worker side: the body hands the message to app.workers.delivery and turns its ou
 Celery terms: a retry decision becomes self.retry(countdown=...) (the worker slot is freed while
 the task waits), a FAILURE becomes TaskFailed (Celery's optional result backend then agrees).
 TasklaneRequest, in the worker's main process, settles records whose pool child is gone.
+
+A sensitive task (@task(sensitive=...)) is published with redacted argsrepr/kwargsrepr on this
+path too, and a sensitive=True task answers Celery with REDACTED instead of its result: Celery
+logs "Task ... succeeded in ...: <return value>" at INFO (and a configured Celery result
+backend would hold it); the real result stays in the task's record.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from celery.worker.request import Request
 from app.core.tasks.arguments import normalise_arguments
 from app.core.tasks.errors import Interrupted, StoreUnavailable, TaskTimeout
 from app.core.tasks.execution import WORKER_NAME, mark_interrupted
+from app.core.tasks.executors.wire import redacted_reprs
 from app.core.tasks.models import TaskSpec, TaskStatus
 from app.workers import presence
 from app.workers.celery_app import queue_for
@@ -134,6 +140,8 @@ class TasklaneTask(Task):
         if task_id is None or task_id != self.request.id:
             task_id = task_id or str(uuid.uuid4())
             created = self._record(task_id, args or (), kwargs or {}, options.get("queue"))
+        # Every publish of this task, retries included: Celery logs these reprs on receipt.
+        options.update(redacted_reprs(self.app, self.spec.redaction, args or (), kwargs or {}))
         try:
             return super().apply_async(
                 args,
@@ -203,7 +211,10 @@ class TasklaneTask(Task):
             return None
         if outcome.ran and record.status in (TaskStatus.FAILURE, TaskStatus.CANCELLED):
             raise TaskFailed(f"{record.status.value}: {record.error or 'cancelled'}")
-        return record.result if record.status is TaskStatus.SUCCESS else None
+        if record.status is not TaskStatus.SUCCESS:
+            return None
+        redaction = self.spec.redaction
+        return record.result if redaction is None else redaction.result(record.result)
 
     def _retry_later(self, countdown: float) -> NoReturn:
         """Free the worker slot: a new message runs the task after `countdown` seconds."""

@@ -1,5 +1,5 @@
-"""/api/resources routes on a minimal app: validation is a 422, never a 500; mutating routes
-need the bearer token when one is configured; a vote schedules calculate_rating."""
+"""/api/resources routes on a minimal app: validation is a 422, never a 500; every route, reads
+included, needs the bearer token when one is configured; a vote schedules calculate_rating."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest_asyncio
 from fastapi import FastAPI
 
 import app.tasks  # noqa: F401 - registers calculate_rating
+from app.api.auth import install_token_guard
 from app.api.errors import install_error_handlers
 from app.api.resources import router
 from app.config import Settings
@@ -50,6 +51,7 @@ def build_app(manager: TaskManager, token: str | None = None) -> FastAPI:
     app.state.settings = Settings(store="memory", api_token=token)
     app.state.manager = manager
     install_error_handlers(app)
+    install_token_guard(app, app.state.settings)
     app.include_router(router)
     return app
 
@@ -129,7 +131,7 @@ async def test_a_bad_resource_id_on_get_is_a_422(client: httpx.AsyncClient) -> N
 
 
 @pytest.mark.asyncio
-async def test_mutating_routes_need_the_token_when_one_is_set(
+async def test_every_route_needs_the_token_when_one_is_set(
     manager: TaskManager, data: DomainData
 ) -> None:
     transport = httpx.ASGITransport(app=build_app(manager, token=TOKEN))
@@ -143,5 +145,6 @@ async def test_mutating_routes_need_the_token_when_one_is_set(
         good = {"Authorization": f"Bearer {TOKEN}"}
         response = await client.post("/api/resources/r1/votes", json=vote, headers=good)
         assert response.status_code == 201
-        assert (await client.get("/api/resources/r1")).status_code == 200  # reads stay open
+        assert (await client.get("/api/resources/r1")).status_code == 401  # reads too
+        assert (await client.get("/api/resources/r1", headers=good)).status_code == 200
         await manager.wait(response.json()["rating_task_id"], timeout=10)

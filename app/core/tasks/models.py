@@ -8,7 +8,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from app.core.tasks.redaction import Redaction
 
 Weight = Literal["light", "heavy"]
 
@@ -167,6 +170,9 @@ class TaskSpec:
     #: half-done work is harmless; others stop cooperatively through ctx.cancelled().
     terminate_safe: bool = False
     is_async: bool = False
+    #: Which argument values (and whether the result) are kept out of API answers and log
+    #: lines (@task(sensitive=...)); None: nothing is hidden. The record keeps the real values.
+    redaction: Redaction | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from typing import Any, TypeVar
 
 from app.core.tasks.errors import UnknownTaskError
 from app.core.tasks.models import TaskSpec, Weight
+from app.core.tasks.redaction import Redaction
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -92,6 +93,7 @@ def task(
     fallback: bool = True,
     takes_context: bool = False,
     terminate_safe: bool = False,
+    sensitive: bool | str | Collection[str] = False,
     target: TaskRegistry | None = None,
 ) -> Callable[[F], F]:
     """Register the decorated function as a task; the function itself is returned unchanged.
@@ -100,6 +102,8 @@ def task(
     Celery workers consume. With takes_context=True the function's first parameter receives a
     TaskContext (progress reports, cancellation checks). terminate_safe=True lets cancel kill
     a running Celery attempt instead of waiting for the task to notice ctx.cancelled().
+    sensitive=True keeps every argument and the result out of API answers and log lines;
+    sensitive=("name", ...) only those parameters' values (app/core/tasks/redaction.py).
     """
     if weight not in ("light", "heavy"):
         raise ValueError(f"weight must be 'light' or 'heavy', not {weight!r}")
@@ -132,6 +136,7 @@ def task(
             takes_context=takes_context,
             terminate_safe=terminate_safe,
             is_async=inspect.iscoroutinefunction(func),
+            redaction=Redaction.of(func, sensitive, takes_context=takes_context),
         )
         (target or registry).register(spec)
         return func

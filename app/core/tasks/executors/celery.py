@@ -33,7 +33,7 @@ from redis.exceptions import RedisError
 from app.core.tasks.errors import BrokerUnavailable, StoreUnavailable
 from app.core.tasks.executors.base import Batch, Executor
 from app.core.tasks.executors.publisher import Publisher
-from app.core.tasks.executors.wire import WireFormat, wire_problem
+from app.core.tasks.executors.wire import WireFormat, redacted_reprs, wire_problem
 from app.core.tasks.hooks import TaskHooks
 from app.core.tasks.models import TaskStatus
 from app.core.tasks.queues import QueueRouting
@@ -110,9 +110,8 @@ class CeleryExecutor(Executor):
             self._wire = WireFormat(self.celery_app) if problem is None else None
         if self._wire is None:
             return None
-        return self._wire.push(
-            record, self.queues.queue_for(self.registry.get(record.name)), countdown
-        )
+        spec = self.registry.get(record.name)
+        return self._wire.push(record, self.queues.queue_for(spec), countdown, spec.redaction)
 
     def publish_problem(self, push_url: str | None) -> str | None:
         """Why messages cannot go out with their records in a store at push_url (None: they
@@ -181,6 +180,7 @@ class CeleryExecutor(Executor):
 
     def _send(self, message: _Message, producer: Any) -> None:
         record, queue, countdown = message
+        redaction = self.registry.get(record.name).redaction
         self.celery_app.send_task(
             record.name,
             args=record.args,
@@ -190,6 +190,7 @@ class CeleryExecutor(Executor):
             countdown=countdown,
             retry=False,
             producer=producer,
+            **redacted_reprs(self.celery_app, redaction, record.args, record.kwargs),
         )
 
     def _send_batch(self, chunk: Sequence[_Message]) -> None:

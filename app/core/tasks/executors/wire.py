@@ -22,6 +22,10 @@ by Celery's result backend) is not extended. tests/unit/test_celery_wire.py comp
 send_task's message field by field; tests/integration/test_pipeline_publish.py runs such
 messages on real workers.
 
+A sensitive task's message carries its real arguments (the worker runs with them) but
+argsrepr/kwargsrepr written from the redacted values (redacted_reprs(), which send_task and the
+legacy .delay() path are given too): Celery's worker logs those reprs, never the arguments.
+
 wire_problem() and WireFormat.push() refuse whatever would make the two differ (a publish signal
 receiver, a key prefix, compression, a queue that is not a plain direct one...): CeleryExecutor
 then keeps publishing with send_task.
@@ -46,6 +50,7 @@ if TYPE_CHECKING:
     from celery import Celery
 
     from app.core.tasks.models import TaskResult
+    from app.core.tasks.redaction import Redaction
 
 #: Broker URL schemes kombu serves with its Redis transport.
 _REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
@@ -101,9 +106,16 @@ class WireFormat:
         # queue name -> its delivery mode, or None when only send_task may publish to it.
         self._queues: dict[str, int | None] = {}
 
-    def push(self, record: TaskResult, queue: str, countdown: float | None) -> QueuePush | None:
-        """The message for the record's task on `queue`; None when send_task must publish it
-        (a receiver of Celery's publish signals, or a queue that is not a plain direct one)."""
+    def push(
+        self,
+        record: TaskResult,
+        queue: str,
+        countdown: float | None,
+        redaction: Redaction | None = None,
+    ) -> QueuePush | None:
+        """The message for the record's task on `queue`, its reprs redacted by `redaction`;
+        None when send_task must publish it (a receiver of Celery's publish signals, or a queue
+        that is not a plain direct one)."""
         if signals.before_task_publish.receivers or signals.after_task_publish.receivers:
             return None  # they may read or edit the message: only send_task calls them
         delivery_mode = self._delivery_mode(queue)
@@ -115,7 +127,12 @@ class WireFormat:
         if parent is not None:  # what send_task links when a task submits another
             root_id = parent.request.root_id or parent.request.id
             parent_id = parent.request.id
-        maxlevels = self._maxlevels
+        args, kwargs = record.args, record.kwargs
+        if redaction is not None:
+            args, kwargs = redaction.args(args), redaction.kwargs(kwargs)
+        argsrepr, kwargsrepr = argument_reprs(
+            args, kwargs, amqp.argsrepr_maxsize, amqp.kwargsrepr_maxsize, self._maxlevels
+        )
         headers, properties, body, _ = amqp.as_task_v2(
             record.task_id,
             record.name,
@@ -125,11 +142,8 @@ class WireFormat:
             reply_to=app.thread_oid,
             root_id=root_id,
             parent_id=parent_id,
-            # Celery reprs no arguments as a tuple, "()".
-            argsrepr=_short_repr(record.args, amqp.argsrepr_maxsize, maxlevels)
-            if record.args
-            else "()",
-            kwargsrepr=_short_repr(record.kwargs, amqp.kwargsrepr_maxsize, maxlevels),
+            argsrepr=argsrepr,
+            kwargsrepr=kwargsrepr,
             ignore_result=None,  # send_task's "not set": the worker's task decides
         )
         properties.update(
@@ -166,6 +180,33 @@ class WireFormat:
             return None
         default = self.celery_app.conf.task_default_delivery_mode
         return int(maybe_delivery_mode(queue.exchange.delivery_mode or default))
+
+
+def argument_reprs(
+    args: list[Any], kwargs: dict[str, Any], argsize: int, kwargsize: int, maxlevels: int
+) -> tuple[str, str]:
+    """argsrepr and kwargsrepr as Celery's as_task_v2 writes them for these values."""
+    # Celery reprs no arguments as a tuple, "()".
+    argsrepr = _short_repr(args, argsize, maxlevels) if args else "()"
+    return argsrepr, _short_repr(kwargs, kwargsize, maxlevels)
+
+
+def redacted_reprs(
+    celery_app: Celery, redaction: Redaction | None, args: list[Any], kwargs: dict[str, Any]
+) -> dict[str, str]:
+    """send_task/apply_async options that make Celery log a sensitive task's arguments
+    redacted ({} when the task hides nothing: Celery then writes its own reprs)."""
+    if redaction is None:
+        return {}
+    amqp = celery_app.amqp
+    argsrepr, kwargsrepr = argument_reprs(
+        redaction.args(list(args)),
+        redaction.kwargs(dict(kwargs)),
+        amqp.argsrepr_maxsize,
+        amqp.kwargsrepr_maxsize,
+        celery_app.conf.task_repr_maxlevels,
+    )
+    return {"argsrepr": argsrepr, "kwargsrepr": kwargsrepr}
 
 
 def _dumps(value: object) -> str:
