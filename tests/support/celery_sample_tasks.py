@@ -70,3 +70,9 @@ def celery_sleep_terminable(seconds: float) -> str:
     """Sleeps without ever checking ctx.cancelled(): only revoke(terminate) can stop it."""
     time.sleep(seconds)
     return "slept"
+
+
+@task("celery_secret", sensitive=True)
+def celery_secret(password: str, *, pin: str = "") -> str:
+    """sensitive=True on a worker: Celery's own log lines must not show its values."""
+    return f"derived-{password}-{pin}"

@@ -44,3 +44,21 @@ def sample_block_sync(seconds: float) -> float:
     """Ignores cancellation entirely: one uninterruptible sleep."""
     time.sleep(seconds)
     return seconds
+
+
+@task("sample_secret", sensitive=True)
+def sample_secret(password: str, *, note: str = "") -> str:
+    """sensitive=True: its arguments and result are never served or logged."""
+    return f"token-for-{password}"
+
+
+@task("sample_secret_field", sensitive=("password",))
+def sample_secret_field(user: str, password: str) -> str:
+    """Only `password` is hidden; the result is shown."""
+    return f"{user} signed in"
+
+
+@task("sample_crash")
+def sample_crash(reason: str) -> None:
+    """Always fails, so its record carries a traceback."""
+    raise RuntimeError(reason)
