@@ -18,8 +18,9 @@ from celery import Celery, signals
 from kombu import Exchange, Queue
 
 from app.config import Settings
-from app.core.tasks.executors.wire import WireFormat, same_redis, wire_problem
+from app.core.tasks.executors.wire import WireFormat, redacted_reprs, same_redis, wire_problem
 from app.core.tasks.models import TaskResult, TaskStatus
+from app.core.tasks.redaction import REDACTED, Redaction
 from app.workers.celery_app import create_celery_app
 
 
@@ -51,7 +52,12 @@ def client(redis_url: str) -> Iterator[redis.Redis]:
 
 
 def sent_by_celery(
-    app: Celery, client: redis.Redis, record: TaskResult, queue: str, countdown: float | None
+    app: Celery,
+    client: redis.Redis,
+    record: TaskResult,
+    queue: str,
+    countdown: float | None,
+    **options: Any,
 ) -> dict[str, Any]:
     """The message send_task leaves in the queue's list, decoded."""
     app.send_task(
@@ -62,6 +68,7 @@ def sent_by_celery(
         task_id=record.task_id,
         countdown=countdown,
         retry=False,
+        **options,
     )
     [raw] = client.lrange(queue, 0, -1)
     client.delete(queue)
@@ -123,6 +130,46 @@ def test_the_message_is_the_one_send_task_publishes(
     else:
         assert eta(ours) == pytest.approx(eta(theirs), abs=1.0)
         assert eta(ours) == pytest.approx(time.time() + countdown, abs=2.0)
+
+
+def _secret(password: str, token: str = "", *rest: str, **more: str) -> None:
+    """A task signature for the redaction cases below."""
+
+
+R = REDACTED
+
+
+@pytest.mark.parametrize(
+    ("sensitive", "args", "kwargs"),
+    [
+        (True, [R, R, R], {"extra": R, "token": R}),
+        (("password", "more"), [R, "tok-2", "r-3"], {"extra": R, "token": "tok-5"}),
+        (("token", "rest"), ["pw-1", R, R], {"extra": "more-4", "token": R}),
+    ],
+)
+def test_a_sensitive_message_is_send_task_s_with_the_same_redacted_reprs(
+    app: Celery,
+    client: redis.Redis,
+    sensitive: bool | tuple[str, ...],
+    args: list[str],
+    kwargs: dict[str, str],
+) -> None:
+    redaction = Redaction.of(_secret, sensitive, takes_context=False)
+    record = make_record(["pw-1", "tok-2", "r-3"], {"extra": "more-4", "token": "tok-5"})
+
+    push = WireFormat(app).push(record, "light", None, redaction)
+    options = redacted_reprs(app, redaction, record.args, record.kwargs)
+    theirs = sent_by_celery(app, client, record, "light", None, **options)
+
+    assert push is not None
+    ours = json.loads(push.payload)
+    assert comparable(ours) == comparable(theirs)
+    # Celery logs the reprs; the worker still runs with the real values of the body.
+    assert (ours["headers"]["argsrepr"], ours["headers"]["kwargsrepr"]) == (
+        repr(args),
+        repr(kwargs),
+    )
+    assert comparable(ours)["body"][:2] == [record.args, record.kwargs]
 
 
 def test_inside_a_worker_task_the_message_links_its_parent_like_send_task(

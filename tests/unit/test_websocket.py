@@ -169,6 +169,23 @@ def test_odd_audio_ends_in_a_failure_result_not_a_crash(client: TestClient) -> N
     assert frames[-1]["status"] == "FAILURE"
 
 
+@pytest.mark.parametrize("expose", [False, True])
+def test_the_result_frame_follows_the_status_answer_s_rules(expose: bool) -> None:
+    # No traceback unless TASKLANE_EXPOSE_TRACEBACKS; no audio (the frame drops args anyway).
+    with (
+        make_client(expose_tracebacks=expose) as client,
+        client.websocket_connect("/ws/audio/res-8") as ws,
+    ):
+        ws.send_bytes(b"\x01\x02\x03")
+        ws.send_json({"type": "end"})
+        frames, _ = receive_until_closed(ws)
+
+    result = frames[-1]
+    assert (result["type"], result["status"]) == ("result", "FAILURE")
+    assert "args" not in result
+    assert ("traceback" in result["error"]) is expose
+
+
 def test_a_runner_that_cannot_accept_closes_with_1013(
     client: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:

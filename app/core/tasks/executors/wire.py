@@ -153,6 +153,10 @@ class WireFormat:
             body_encoding="base64",
             delivery_tag=str(uuid.uuid4()),
         )
+        if redaction is not None:
+            # send_task hands its argsrepr/kwargsrepr options on to kombu's publish as well,
+            # which keeps them as message properties (redacted text, so nothing leaks there).
+            properties.update(argsrepr=argsrepr, kwargsrepr=kwargsrepr)
         message = {
             "body": base64.b64encode(_dumps(body).encode("utf-8")).decode("ascii"),
             "content-encoding": "utf-8",
