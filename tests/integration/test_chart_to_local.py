@@ -174,7 +174,8 @@ def submit_and_wait(
     task_id = response.json()["task_id"]
     deadline = time.monotonic() + within
     while True:
-        record = httpx.get(f"{url}/api/tasks/{task_id}/status", timeout=10).json()
+        status_url = f"{url}/api/tasks/{task_id}/status"
+        record = httpx.get(status_url, headers=headers, timeout=10).json()
         if record["status"] in FINAL:
             return record
         assert time.monotonic() < deadline, record
