@@ -8,8 +8,8 @@ single mode, where nothing else may have imported them yet.
 HttpMetrics is pure ASGI (no BaseHTTPMiddleware: it must not buffer streamed bodies or break
 BackgroundTasks). The `handler` label is the route *template* (`/api/tasks/{task_id}`), never
 the raw path, so label cardinality stays bounded whatever clients send. A request that never
-reached a route is labelled `<unmatched>`: an unknown path, or a body refused before routing
-(413 from BodySizeLimit; its status label still tells it apart).
+reached a route is labelled `<unmatched>`: an unknown path, or a request refused before routing
+(401 from TokenGuard, 413 from BodySizeLimit; its status label still tells it apart).
 """
 
 from __future__ import annotations

@@ -60,7 +60,8 @@ class TaskRecord(BaseModel):
     """The task record, as TaskResult.to_dict() writes it (DESIGN.md §3).
 
     Documentation only: records are sent with json.dumps, not re-serialized through pydantic,
-    whose depth limit is lower than what a task result may legitimately hold.
+    whose depth limit is lower than what a task result may legitimately hold. A sensitive
+    task's hidden values read "[redacted]" (app/core/tasks/redaction.py).
     """
 
     task_id: str

@@ -11,6 +11,9 @@ Two forms:
   - sensitive=("audio_chunks", ...): only those parameters' values are hidden (wherever they
     were passed, by position or keyword; naming a *args or **kwargs parameter hides every value
     it collects); the result stays visible.
+An error's type and message are shown as the task raised them (operators need them): a task
+must not put a secret into an exception message. The transition log (app/core/tasks/hooks.py)
+writes no arguments or results at all, so it needs no redaction.
 """
 
 from __future__ import annotations
