@@ -52,6 +52,11 @@ class TestSingleMode:
         assert config["TASKLANE_STORE"] == "memory"
         assert config["TASKLANE_SCALE_FROM_ZERO"] == "false"
 
+    def test_tracebacks_are_served_only_when_asked(self) -> None:
+        assert _config(render_chart())["TASKLANE_EXPOSE_TRACEBACKS"] == "false"
+        exposed = render_chart({"api": {"exposeTracebacks": True}})
+        assert _config(exposed)["TASKLANE_EXPOSE_TRACEBACKS"] == "true"
+
     def test_api_gets_no_redis_or_broker(self) -> None:
         api = container(get(render_chart(), "Deployment", API), "api")
         assert not {"REDIS_URL", "CELERY_BROKER_URL", "REDIS_PASSWORD"} & env_map(api).keys()
