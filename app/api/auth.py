@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -33,6 +33,9 @@ log = logging.getLogger("tasklane.api.auth")
 
 #: Answered without the token: liveness, readiness and metrics scrapes.
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+#: The OpenAPI security scheme's name for TASKLANE_API_TOKEN.
+BEARER_SCHEME = "bearerAuth"
 
 _UNAUTHORISED = json.dumps({"detail": "Missing or invalid bearer token."}).encode()
 
@@ -98,8 +101,33 @@ def install_token_guard(app: FastAPI, settings: Settings) -> None:
     if expected_token(settings) is None:
         return
     docs = {app.openapi_url, app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url}
-    open_paths = OPEN_PATHS | {path for path in docs if path}
-    app.add_middleware(TokenGuard, settings=settings, open_paths=frozenset(open_paths))
+    open_paths = frozenset(OPEN_PATHS | {path for path in docs if path})
+    app.add_middleware(TokenGuard, settings=settings, open_paths=open_paths)
+    _describe_bearer_auth(app, open_paths)
+
+
+def _describe_bearer_auth(app: FastAPI, open_paths: frozenset[str]) -> None:
+    """Say in the OpenAPI schema what TokenGuard enforces: a bearer scheme required by every
+    operation outside open_paths. /docs then offers "Authorize", and generated clients send the
+    header. The guard is ASGI, outside FastAPI's dependency system, so the schema is amended
+    here rather than derived from route dependencies."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = build()
+        schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
+        schemes[BEARER_SCHEME] = {"type": "http", "scheme": "bearer"}
+        for path, operations in schema.get("paths", {}).items():
+            if path in open_paths:
+                continue
+            for operation in operations.values():
+                operation["security"] = [{BEARER_SCHEME: []}]
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented override
 
 
 def warn_if_open(settings: Settings) -> None:

@@ -100,6 +100,25 @@ def test_an_unknown_path_without_the_token_is_401(client: TestClient) -> None:
     assert client.get("/api/not-a-route", headers=AUTH).status_code == 404
 
 
+def test_the_openapi_schema_says_which_operations_need_the_token(client: TestClient) -> None:
+    schema = client.get("/openapi.json").json()
+    assert schema["components"]["securitySchemes"]["bearerAuth"] == {
+        "type": "http",
+        "scheme": "bearer",
+    }
+    paths = schema["paths"]
+    assert paths["/api/tasks"]["post"]["security"] == [{"bearerAuth": []}]
+    assert paths["/api/tasks/{task_id}/status"]["get"]["security"] == [{"bearerAuth": []}]
+    assert "security" not in paths["/healthz"]["get"]
+
+
+def test_without_a_token_the_schema_asks_for_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TASKLANE_API_TOKEN", raising=False)
+    app = create_app(Settings(store="memory", executor="background", scheduler="off"))
+    schema = TestClient(app).get("/openapi.json").json()
+    assert "securitySchemes" not in schema.get("components", {})
+
+
 def test_empty_token_means_auth_is_off(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TASKLANE_API_TOKEN", "")
     settings = Settings(store="memory", executor="background", scheduler="off")
