@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import time
 from collections.abc import Iterator
 from datetime import datetime
@@ -18,9 +19,12 @@ from celery import Celery, signals
 from kombu import Exchange, Queue
 
 from app.config import Settings
+from app.core.tasks.executors import wire
+from app.core.tasks.executors.celery import CeleryExecutor
 from app.core.tasks.executors.wire import WireFormat, redacted_reprs, same_redis, wire_problem
 from app.core.tasks.models import TaskResult, TaskStatus
 from app.core.tasks.redaction import REDACTED, Redaction
+from app.core.tasks.registry import TaskRegistry, task
 from app.workers.celery_app import create_celery_app
 
 
@@ -273,3 +277,46 @@ def test_wire_problem_without_a_redis_store(app: Celery) -> None:
 def test_same_redis(a: str, b: str, same: bool) -> None:
     assert same_redis(a, b) is same
     assert same_redis(b, a) is same
+
+
+def test_the_installed_releases_are_the_tested_ones(app: Celery, redis_url: str) -> None:
+    # Fails after a celery or kombu upgrade: run this file on the new pair, and add it to
+    # TESTED_VERSIONS only when every comparison above passes unchanged.
+    assert (wire.celery_version(), wire.kombu_version()) in wire.TESTED_VERSIONS
+    assert wire_problem(app, redis_url) is None
+
+
+@pytest.mark.parametrize("release", ["celery_version", "kombu_version"])
+def test_an_untested_release_publishes_with_send_task_and_says_so_once(
+    app: Celery,
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    release: str,
+) -> None:
+    monkeypatch.setattr(wire, release, lambda: "99.0.0")
+    executor = CeleryExecutor(app, None, registry=TaskRegistry())  # type: ignore[arg-type]
+
+    with caplog.at_level(logging.INFO, logger="tasklane.celery"):
+        pushes = [
+            executor.message_for(make_record([1], {}), None, push_url=redis_url) for _ in range(3)
+        ]
+
+    assert pushes == [None, None, None]
+    problem = wire_problem(app, redis_url)
+    assert problem is not None
+    assert "99.0.0" in problem
+    assert "tested versions" in problem
+    logged = [r.getMessage() for r in caplog.records if "send_task" in r.getMessage()]
+    assert logged == [f"tasks are published with send_task, not with their records: {problem}"]
+
+
+def test_a_tested_release_publishes_with_the_record(app: Celery, redis_url: str) -> None:
+    executor = CeleryExecutor(app, None, registry=TaskRegistry())  # type: ignore[arg-type]
+    registry = executor.registry
+    task("wire_probe", target=registry)(lambda *args, **kwargs: None)
+
+    push = executor.message_for(make_record([1], {}), None, push_url=redis_url)
+
+    assert push is not None
+    assert push.key == "light"

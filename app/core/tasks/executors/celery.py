@@ -108,6 +108,8 @@ class CeleryExecutor(Executor):
             self._wire_url = push_url
             problem = self.publish_problem(push_url)
             self._wire = WireFormat(self.celery_app) if problem is None else None
+            if problem is not None:
+                log.info("tasks are published with send_task, not with their records: %s", problem)
         if self._wire is None:
             return None
         spec = self.registry.get(record.name)

@@ -28,7 +28,8 @@ legacy .delay() path are given too): Celery's worker logs those reprs, never the
 
 wire_problem() and WireFormat.push() refuse whatever would make the two differ (a publish signal
 receiver, a key prefix, compression, a queue that is not a plain direct one...): CeleryExecutor
-then keeps publishing with send_task.
+then keeps publishing with send_task. The same goes for a celery or kombu release the contract
+test has not run on (TESTED_VERSIONS): the message format is theirs to change in any release.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ import uuid
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+import celery
+import kombu
 from celery import signals
 from celery.utils.saferepr import saferepr
 from kombu.entity import maybe_delivery_mode
@@ -51,6 +54,11 @@ if TYPE_CHECKING:
 
     from app.core.tasks.models import TaskResult
     from app.core.tasks.redaction import Redaction
+
+#: (celery, kombu) releases tests/unit/test_celery_wire.py has compared this module's messages
+#: with send_task's on. Any other pair publishes with send_task. To add one: install it, run
+#: that test file, and add the pair only when it passes unchanged.
+TESTED_VERSIONS = frozenset({("5.7.0", "5.7.0")})
 
 #: Broker URL schemes kombu serves with its Redis transport.
 _REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
@@ -78,6 +86,11 @@ def wire_problem(celery_app: Celery, push_url: str | None) -> str | None:
     broker = conf.broker_write_url or conf.broker_url  # where send_task's producers connect
     if push_url is None:
         return "the result store is not Redis"
+    versions = (celery_version(), kombu_version())
+    if versions not in TESTED_VERSIONS:
+        return "celery {} / kombu {} are not among the wire contract's tested versions".format(
+            *versions
+        )
     if not isinstance(broker, str) or not same_redis(broker, push_url):
         return "the broker is not the result store's Redis"
     if (conf.broker_transport_options or {}).get("global_keyprefix"):
@@ -93,6 +106,16 @@ def wire_problem(celery_app: Celery, push_url: str | None) -> str | None:
     if conf.task_default_priority is not None or conf.task_inherit_parent_priority:
         return "a default or inherited task priority is configured"
     return None
+
+
+def celery_version() -> str:
+    """The installed celery release (the one whose message format WireFormat copies)."""
+    return celery.__version__
+
+
+def kombu_version() -> str:
+    """The installed kombu release (the one whose Redis envelope WireFormat copies)."""
+    return kombu.__version__
 
 
 class WireFormat:
