@@ -8,7 +8,8 @@ its fanout queue), as in a worker. Redis stops; Celery's own
 the rest of the consumer: only the attributes that method reads).
 
 - kombu's stock Redis transport fails there with the AttributeError that ended the workers
-  (when this test fails, kombu fixed it: drop app.workers.broker and this pin);
+  (when this pin fails, kombu or Celery changed that path: if kombu fixed it, drop
+  app.workers.broker and this pin; else re-check what the guard relies on);
 - the guarded transport survives it, the message stays in kombu's unacked hash across the
   restart (never lost), the running task's ack removes it (never run twice), and without an
   ack the visibility-timeout sweep puts it back on its queue exactly once.
