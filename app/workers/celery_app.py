@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import warnings
 from typing import Any
+from urllib.parse import urlsplit
 
 from celery import Celery, signals
 from celery.exceptions import CPendingDeprecationWarning
@@ -45,6 +46,8 @@ from app.workers.metrics_endpoint import MetricsEndpoint
 TIME_LIMIT_MARGIN = 30.0
 #: Lower bound for the broker's visibility timeout when TASKLANE_VISIBILITY_TIMEOUT is unset.
 MIN_VISIBILITY_TIMEOUT = 3600
+#: The Redis transport with the restart guard (see app.workers.broker), by kombu's name.
+GUARDED_REDIS_TRANSPORT = "app.workers.broker:Transport"
 #: kombu's Redis transport replies to BRPOP within this many seconds (its brpop_timeout).
 _BRPOP_TIMEOUT = 1.0
 
@@ -118,6 +121,17 @@ def transport_options(settings: Settings, registry: TaskRegistry = default_regis
     }
 
 
+def broker_transport(broker_url: str | None) -> str | None:
+    """kombu transport for the broker URL: app.workers.broker's guarded Redis transport for
+    redis:// (a busy worker survives a Redis restart), else kombu's choice from the scheme.
+
+    rediss:// keeps kombu's own: kombu derives its TLS default from the scheme name, which an
+    explicit transport would bypass."""
+    if broker_url and urlsplit(broker_url).scheme == "redis":
+        return GUARDED_REDIS_TRANSPORT
+    return None
+
+
 def _queue(name: str) -> Queue:
     # An exchange and binding of its own: a Queue without them is bound to the default
     # exchange under the default routing key, so every queue would receive every message.
@@ -135,6 +149,7 @@ def create_celery_app(
         broker_url=settings.celery_broker_url,
         broker_connection_timeout=settings.publish_timeout,
         broker_connection_retry_on_startup=True,
+        broker_transport=broker_transport(settings.celery_broker_url),
         broker_transport_options=transport_options(settings, registry),
         # Our ResultStore is the source of truth; Celery's backend only for old AsyncResult users.
         result_backend=settings.celery_result_backend or None,

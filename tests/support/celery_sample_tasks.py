@@ -44,6 +44,19 @@ def celery_effect_unsafe(ctx: TaskContext, key: str, seconds: float) -> int:
     return int(client.incr(f"{key}:effects"))
 
 
+@task("celery_logged_run", weight="heavy", takes_context=True)
+def celery_logged_run(ctx: TaskContext, path: str, seconds: float) -> str:
+    """Appends its task id to the file at `path` (one line per run: evidence that outlives the
+    Redis the worker uses), then sleeps. Not idempotent: must never run twice."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    try:
+        os.write(fd, f"{ctx.task_id}\n".encode())  # one write: lines of two processes never mix
+    finally:
+        os.close(fd)
+    time.sleep(seconds)
+    return "ran"
+
+
 @task("celery_flaky", retries=2, backoff=0.1, backoff_max=0.2, takes_context=True)
 def celery_flaky(ctx: TaskContext, succeed_on: int) -> int:
     """Fails every attempt before `succeed_on` (1-based); succeed_on=0 never succeeds."""

@@ -94,7 +94,8 @@ class RedisServer:
 
     def stop(self, *, keep_data: bool = False) -> None:
         """Stop the server; keep_data: SHUTDOWN SAVE first, so start() reloads every key (an
-        outage without data loss, like a Redis pod restarted from its volume)."""
+        outage without data loss, like a Redis pod restarted from its volume); else every key
+        is lost, even after an earlier keep_data stop (its snapshot is removed)."""
         if self.process is None:
             return
         if keep_data and self.process.poll() is None:
@@ -105,6 +106,8 @@ class RedisServer:
             self.process.wait(timeout=30)
         terminate(self.process)
         self.process = None
+        if not keep_data:
+            Path(self.workdir, "dump.rdb").unlink(missing_ok=True)
 
     def flush(self) -> None:
         client = redis.Redis.from_url(self.url)
