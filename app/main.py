@@ -1,4 +1,5 @@
-"""The FastAPI application: `uvicorn app.main:create_app --factory` (or `tasklane serve`).
+"""The FastAPI application: `uvicorn app.main:app`, `uvicorn app.main:create_app --factory`, or
+`tasklane serve` (the factory, once per worker process).
 
 The lifespan owns the task system: it builds the TaskManager from Settings, installs it as the
 process-wide manager (so the guide's `get_task_manager()` calls find it), starts the runner and,
@@ -13,6 +14,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from pydantic import ValidationError
 
 from app.api.auth import install_token_guard, warn_if_open
 from app.api.errors import install_error_handlers
@@ -94,3 +96,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(metrics_router)
     app.include_router(ws_router)
     return app
+
+
+def _module_app() -> FastAPI:
+    """The app `uvicorn app.main:app` (and any tool expecting a module-level app) looks for,
+    built from the environment.
+
+    Tools import this module to find `app` (and code imports it for create_app), so a
+    configuration error must not break the import: it becomes an app whose start-up fails
+    with that error's message, which names the variable to fix.
+    """
+    try:
+        return create_app()
+    except (ValueError, ValidationError) as exc:
+        problem = str(exc)
+
+        @asynccontextmanager
+        async def refuse_to_start(_: FastAPI) -> AsyncIterator[None]:
+            raise RuntimeError(f"tasklane cannot start: {problem}")
+            yield  # unreachable: makes this an async generator, as lifespan wants
+
+        return FastAPI(title="tasklane", lifespan=refuse_to_start)
+
+
+app = _module_app()
