@@ -3,6 +3,12 @@
 redis.asyncio connections belong to the loop that opened them. The api has one loop for its
 lifetime, but a script or a test may run several loops one after another in the same process;
 handing each loop its own client keeps a closed loop's sockets from ever being reused.
+
+Each client's pool is bounded (PoolLimits) and a full pool makes a command wait for a free
+connection, bounded too: redis-py's default pool raises MaxConnectionsError instead, which is a
+ConnectionError and so became a 503 "store unreachable" under a burst of requests while Redis
+was perfectly healthy (issue 11, item 4). Only Redis not answering, or no connection freed
+within the wait, is reported unavailable.
 """
 
 from __future__ import annotations
@@ -10,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -20,6 +28,9 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app.core.tasks.errors import StoreUnavailable
 
+if TYPE_CHECKING:
+    from app.config import Settings
+
 #: Errors that mean "Redis is not answering", as opposed to a bug in a command.
 UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     RedisConnectionError,
@@ -29,16 +40,57 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PoolLimits:
+    """How many connections one loop's client may open, and how long a command waits for one."""
+
+    #: TASKLANE_REDIS_MAX_CONNECTIONS: connections per client (per process and loop).
+    max_connections: int = 100
+    #: TASKLANE_REDIS_POOL_TIMEOUT: seconds a command waits for a free connection.
+    wait: float = 5.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> PoolLimits:
+        return cls(max_connections=settings.redis_max_connections, wait=settings.redis_pool_timeout)
+
+
+class PoolExhausted(RedisConnectionError):
+    """No connection of a full pool was freed within PoolLimits.wait: Redis cannot keep up."""
+
+
+class _WaitingPool(aioredis.BlockingConnectionPool):
+    """redis-py's blocking pool, whose give-up names the limits to raise instead of a bare
+    "No connection available."."""
+
+    async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().get_connection(*args, **kwargs)
+        except RedisConnectionError as exc:
+            if not isinstance(exc.__cause__, TimeoutError):
+                raise
+            raise PoolExhausted(
+                f"all {self.max_connections} connections stayed busy for {self.timeout:g} s "
+                "(TASKLANE_REDIS_MAX_CONNECTIONS, TASKLANE_REDIS_POOL_TIMEOUT)"
+            ) from None
+
+
 class LoopLocalRedis:
     """Hands out the Redis client of the running loop, creating it on first use."""
 
     def __init__(
-        self, url: str, *, connect_timeout: float = 2.0, timeout: float = 5.0, retries: int = 2
+        self,
+        url: str,
+        *,
+        connect_timeout: float = 2.0,
+        timeout: float = 5.0,
+        retries: int = 2,
+        limits: PoolLimits | None = None,
     ) -> None:
         self.url = url
         self._connect_timeout = connect_timeout
         self._timeout = timeout
         self._retries = retries
+        self.limits = limits or PoolLimits()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: aioredis.Redis | None = None
 
@@ -46,8 +98,11 @@ class LoopLocalRedis:
         loop = asyncio.get_running_loop()
         if self._client is None or self._loop is not loop:
             # The previous loop's client is simply dropped: its loop is gone or not ours.
-            self._client = aioredis.Redis.from_url(
+            # The client owns its pool (from_pool): closing the client closes the pool.
+            pool = _WaitingPool.from_url(
                 self.url,
+                max_connections=self.limits.max_connections,
+                timeout=self.limits.wait,
                 decode_responses=True,
                 socket_connect_timeout=self._connect_timeout,
                 socket_timeout=self._timeout,
@@ -57,6 +112,7 @@ class LoopLocalRedis:
                 retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), retries=self._retries),
                 retry_on_error=[RedisConnectionError, RedisTimeoutError],
             )
+            self._client = aioredis.Redis.from_pool(pool)
             self._loop = loop
         return self._client
 
