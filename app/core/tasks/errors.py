@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from app.core.tasks.models import ID_RULE
+
 
 class TasklaneError(Exception):
     """Base of the task system's errors. Do not raise directly."""
@@ -32,15 +34,13 @@ class InvalidTaskArgs(TasklaneError, ValueError):
 
 
 class InvalidTaskId(TasklaneError, ValueError):
-    """A caller-chosen task id is empty, too long or has characters outside [A-Za-z0-9_.:-]."""
+    """A caller-chosen task id is not one clean URL path segment (models.ID_PATTERN)."""
 
     http_status = 422
 
     def __init__(self, task_id: str) -> None:
         self.task_id = task_id
-        super().__init__(
-            f"Task id {task_id[:80]!r} is invalid: use 1-128 characters from A-Z a-z 0-9 _ . : -"
-        )
+        super().__init__(f"Task id {task_id[:80]!r} is invalid: use {ID_RULE}")
 
 
 class TaskNotFound(TasklaneError, LookupError):
