@@ -18,6 +18,7 @@ from app.api.errors import install_error_handlers
 from app.api.examples import router as examples_router
 from app.api.health import router as health_router
 from app.api.limits import BodySizeLimit
+from app.api.methods import HeadAsGet, method_not_allowed
 from app.api.metrics import HttpMetrics
 from app.api.metrics import router as metrics_router
 from app.api.resources import router as resources_router
@@ -78,10 +79,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.manager = None
 
     install_error_handlers(app)
+    app.add_exception_handler(405, method_not_allowed)
     # Added last = outermost: an oversized body is refused before anything else runs, and
-    # HttpMetrics, outside it, still counts that refusal.
+    # HttpMetrics, outside it, still counts that refusal (and labels a HEAD as HEAD).
     app.add_middleware(HandoffGuard)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(HeadAsGet)
     app.add_middleware(HttpMetrics)
 
     app.include_router(tasks_router)

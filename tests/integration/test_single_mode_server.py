@@ -78,3 +78,18 @@ def test_websocket_audio_task_completes_with_no_request_attached(server: ServerP
         resource = client.get("/api/resources/single-mode-res").json()
     assert resource["status"] == "processed"
     assert resource["analysis"]["duration_s"] == pytest.approx(0.5)
+
+
+def test_head_probes_get_headers_only_and_the_connection_stays_usable(
+    server: ServerProcess,
+) -> None:
+    # One keep-alive connection: had the server sent the body Content-Length announces, or
+    # refused the missing one, the GET after the HEADs would read garbage or fail.
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        heads = [client.head(path) for path in ("/healthz", "/api/tasks", "/metrics")]
+        after = client.get("/healthz")
+
+    assert [(r.status_code, r.content) for r in heads] == [(200, b"")] * 3
+    assert int(heads[0].headers["content-length"]) == len(after.content)
+    assert after.status_code == 200
+    assert "RuntimeError" not in server.log()
