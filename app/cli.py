@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from app import scale as scale_command
+from app.cli_types import integer
 from app.config import Settings
 from app.core.metrics_dir import ensure_multiprocess_dir_exists, use_multiprocess_dir
 
@@ -321,18 +322,8 @@ def _queue_list(value: str) -> list[str]:
     return queues
 
 
-def _port(value: str) -> int:
-    number = int(value)
-    if not 0 <= number <= 65_535:
-        raise argparse.ArgumentTypeError(f"port must be 0-65535, not {number}")
-    return number
-
-
-def _positive(value: str) -> int:
-    number = int(value)
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {number}")
-    return number
+_port = integer(0, 65_535)
+_positive = integer(1)
 
 
 if __name__ == "__main__":
