@@ -164,6 +164,11 @@ class Settings(BaseSettings):
         return broker if broker.startswith(("redis://", "rediss://", "unix://")) else None
 
     @cached_property
+    def store_redis_variable(self) -> str:
+        """The variable store_redis_url came from, for messages that tell what to fix."""
+        return "REDIS_URL" if self.redis_url else "CELERY_BROKER_URL"
+
+    @cached_property
     def scheduler_enabled(self) -> bool:
         if self.scheduler != "auto":
             return self.scheduler == "on"

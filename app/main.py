@@ -3,7 +3,9 @@
 The lifespan owns the task system: it builds the TaskManager from Settings, installs it as the
 process-wide manager (so the guide's `get_task_manager()` calls find it), starts the runner and,
 in single mode, the local scheduler. Shutdown drains running tasks for TASKLANE_SHUTDOWN_GRACE
-seconds and settles the rest as FAILURE Interrupted, so none is left STARTED.
+seconds and settles the rest as FAILURE Interrupted, so none is left STARTED. A start-up that
+fails on a setting (TASKLANE_TASK_MODULES) or an unreachable Redis ends in one line naming the
+variable, not a traceback (app/startup.py).
 """
 
 from __future__ import annotations
@@ -25,10 +27,13 @@ from app.api.resources import router as resources_router
 from app.api.tasks import router as tasks_router
 from app.api.ws import router as ws_router
 from app.config import Settings
+from app.core.redis_client import redact
 from app.core.tasks import build_task_manager, set_task_manager
+from app.core.tasks.errors import StoreUnavailable
 from app.core.tasks.handoff import HandoffGuard
 from app.core.tasks.scheduler import LocalScheduler
 from app.logs import configure_logging
+from app.startup import OneLineStartupFailure, StartupFailed
 from app.tasks.data import configure_domain_data
 from app.tasks.schedule import SCHEDULE
 
@@ -44,15 +49,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         configure_logging(settings.log_format, settings.log_level)
-        manager = build_task_manager(settings)
+        try:
+            manager = build_task_manager(settings)
+        except ValueError as exc:  # a setting that cannot work, named in the message
+            raise StartupFailed(f"cannot start: {exc}") from exc
         set_task_manager(manager)
         domain_data = configure_domain_data(settings)
         scheduler: LocalScheduler | None = None
         try:
-            await manager.start()
-            if settings.scheduler_enabled:
-                scheduler = LocalScheduler(manager, SCHEDULE)
-                await scheduler.start()
+            try:
+                await manager.start()
+                if settings.scheduler_enabled:
+                    scheduler = LocalScheduler(manager, SCHEDULE)
+                    await scheduler.start()
+            except StoreUnavailable as exc:
+                raise StartupFailed(_unreachable(settings, exc)) from exc
             app.state.manager = manager
             app.state.scheduler = scheduler
             # Everything imported and built so far lives as long as the process: keep it out
@@ -80,6 +91,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     install_error_handlers(app)
     app.add_exception_handler(405, method_not_allowed)
+    app.add_middleware(OneLineStartupFailure)  # sees the lifespan only; its place is irrelevant
     # Added last = outermost: an oversized body is refused before anything else runs, and
     # HttpMetrics, outside it, still counts that refusal (and labels a HEAD as HEAD).
     app.add_middleware(HandoffGuard)
@@ -94,3 +106,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(metrics_router)
     app.include_router(ws_router)
     return app
+
+
+def _unreachable(settings: Settings, exc: StoreUnavailable) -> str:
+    url = redact(settings.store_redis_url or "")
+    cause = exc.__cause__ or exc
+    return (
+        f"cannot start: Redis at {settings.store_redis_variable}={url} does not answer "
+        f"({type(cause).__name__}: {cause})"
+    )

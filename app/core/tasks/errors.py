@@ -43,6 +43,17 @@ class InvalidTaskId(TasklaneError, ValueError):
         super().__init__(f"Task id {task_id[:80]!r} is invalid: use {ID_RULE}")
 
 
+class TaskModuleNotFound(TasklaneError, ValueError):
+    """A module named in TASKLANE_TASK_MODULES does not exist (a configuration error)."""
+
+    def __init__(self, module: str, reason: str) -> None:
+        self.module = module
+        super().__init__(
+            f"TASKLANE_TASK_MODULES names {module!r}, which cannot be imported ({reason}): "
+            "check the spelling and that its package is installed or on PYTHONPATH"
+        )
+
+
 class TaskNotFound(TasklaneError, LookupError):
     """No record exists for this task id (it never existed, or its result expired)."""
 
