@@ -68,7 +68,45 @@ async def test_the_settings_size_the_store_and_domain_data_pools(redis_url: str)
     try:
         for owner in (store, data):
             pool = owner._redis.client().connection_pool  # type: ignore[attr-defined]
-            assert (pool.max_connections, pool.timeout) == (7, 1.5)
+            assert (pool.max_connections, pool.wait) == (7, 1.5)
     finally:
         await store.close()
         await data.close()
+
+
+@pytest.mark.asyncio
+async def test_far_more_commands_than_connections_all_succeed_within_the_limit(
+    redis_url: str,
+) -> None:
+    clients = LoopLocalRedis(redis_url, limits=PoolLimits(max_connections=3, wait=60))
+    client = clients.client()
+    try:
+        await asyncio.gather(*(client.incr("pool:count") for _ in range(1000)))
+
+        assert await client.get("pool:count") == "1000"
+        pool = client.connection_pool
+        assert len(pool._available_connections) + len(pool._in_use_connections) <= 3
+    finally:
+        await clients.close()
+
+
+@pytest.mark.asyncio
+async def test_a_waiter_that_gives_up_does_not_hold_up_the_ones_behind_it(redis_url: str) -> None:
+    clients = LoopLocalRedis(redis_url, limits=PoolLimits(max_connections=1, wait=30))
+    client = clients.client()
+    try:
+        await client.set("pool:value", "here")
+        holder = asyncio.ensure_future(client.blpop(["pool:hold"], 4))
+        await asyncio.sleep(0.2)
+        quitter = asyncio.ensure_future(client.get("pool:value"))
+        patient = [asyncio.ensure_future(client.get("pool:value")) for _ in range(3)]
+        await asyncio.sleep(0.2)
+        quitter.cancel()  # a client that went away while queued
+        side = LoopLocalRedis(redis_url)
+        await side.client().rpush("pool:hold", "go")
+        await side.close()
+
+        assert await asyncio.wait_for(asyncio.gather(*patient), 10) == ["here"] * 3
+        assert await holder == ("pool:hold", "go")
+    finally:
+        await clients.close()
