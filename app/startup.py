@@ -6,8 +6,7 @@ misspelt TASKLANE_TASK_MODULES came out as forty lines of frames around one usef
 The lifespan raises StartupFailed for those causes, naming the variable to fix, and
 OneLineStartupFailure sends uvicorn just that sentence; every other exception keeps its
 traceback (a bug in code needs one). uvicorn then logs "Application startup failed. Exiting."
-and exits non-zero (3). Under `--workers N`, uvicorn's supervisor stops when a worker fails to
-start, but exits 0 (uvicorn 0.55); `tasklane serve` cannot see that from uvicorn.run.
+and exits 3 (`tasklane serve --workers N` too: app/cli.py reads its workers' exit codes).
 """
 
 from __future__ import annotations

@@ -12,10 +12,10 @@ from tests.support.processes import REPO_ROOT, clean_environment, free_port, tas
 pytestmark = pytest.mark.integration
 
 
-def serve(**env: str) -> tuple[int, str]:
+def serve(*argv: str, **env: str) -> tuple[int, str]:
     """Run `tasklane serve` until it exits; its exit code and its output (stderr included)."""
     completed = subprocess.run(
-        tasklane_command("serve", "--host", "127.0.0.1", "--port", str(free_port())),
+        tasklane_command("serve", "--host", "127.0.0.1", "--port", str(free_port()), *argv),
         cwd=REPO_ROOT,
         env=clean_environment(**env),
         stdout=subprocess.PIPE,
@@ -62,3 +62,12 @@ def test_a_missing_task_module_is_one_line_naming_the_variable_and_the_module() 
     first = error_lines(output)[0]
     assert "cannot start: TASKLANE_TASK_MODULES names 'tasklane_no_such_module'" in first
     assert "cannot be imported" in first
+
+
+def test_with_several_workers_the_failure_is_still_one_line_and_exit_3() -> None:
+    # uvicorn's supervisor stops when a worker cannot start, but returned 0 from uvicorn.run.
+    code, output = serve("--workers", "2", REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
+
+    assert code == 3
+    assert "Traceback" not in output
+    assert "cannot start: Redis at REDIS_URL=" in output

@@ -23,10 +23,11 @@ ROOT = Path(__file__).resolve().parents[2]
 def uvicorn_calls(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     calls: list[dict[str, Any]] = []
 
-    def fake_run(app: str, **kwargs: Any) -> None:
+    def fake_run(app: str, **kwargs: Any) -> int:
         calls.append({"app": app, **kwargs})
+        return 0
 
-    monkeypatch.setattr("uvicorn.run", fake_run)
+    monkeypatch.setattr(cli, "run_uvicorn", fake_run)
     for name in ("REDIS_URL", "CELERY_BROKER_URL", "TASKLANE_STORE", "TASKLANE_EXECUTOR"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.delenv("TASKLANE_LOG_LEVEL", raising=False)
