@@ -104,7 +104,9 @@ class _WaitingPool(aioredis.ConnectionPool):
                 if waiter.done() and not waiter.cancelled():
                     self._wake_next()  # woken, then timed out or cancelled: pass the turn on
                 else:
-                    self._waiters.remove(waiter)
+                    # Cancelled with us; a release may have dropped it from the queue already.
+                    with contextlib.suppress(ValueError):
+                        self._waiters.remove(waiter)
                 if isinstance(exc, TimeoutError):
                     raise PoolExhausted(
                         f"all {self.max_connections} connections stayed busy for "
