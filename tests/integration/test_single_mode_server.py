@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import math
 import struct
@@ -93,3 +94,22 @@ def test_head_probes_get_headers_only_and_the_connection_stays_usable(
     assert int(heads[0].headers["content-length"]) == len(after.content)
     assert after.status_code == 200
     assert "RuntimeError" not in server.log()
+
+
+def test_a_bad_websocket_resource_id_is_a_close_with_a_reason_not_an_http_403(
+    server: ServerProcess,
+) -> None:
+    async def connect() -> tuple[list[dict[str, object]], int | None, str | None]:
+        url = server.url.replace("http://", "ws://") + "/ws/audio/bad%20id"
+        frames: list[dict[str, object]] = []
+        async with websockets.connect(url) as socket:  # a refused handshake raises here
+            with contextlib.suppress(websockets.exceptions.ConnectionClosedError):
+                async for frame in socket:  # ends in the error above on a close other than 1000
+                    frames.append(json.loads(frame))
+            return frames, socket.close_code, socket.close_reason
+
+    frames, code, reason = asyncio.run(asyncio.wait_for(connect(), 30))
+
+    assert code == 1008
+    assert frames == [{"type": "error", "detail": reason}]
+    assert str(reason).startswith("Invalid resource id")

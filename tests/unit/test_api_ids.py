@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.config import Settings
-from app.core.tasks import SubmitOptions, registry, task
+from app.core.tasks import SubmitOptions, build_task_manager, registry, task
 from app.core.tasks.errors import InvalidTaskId
 from app.core.tasks.models import ID_RULE
 from app.main import create_app
@@ -80,8 +80,6 @@ def test_dot_segment_ids_in_the_path_are_422(client: TestClient, encoded: str) -
 @pytest.mark.asyncio
 @pytest.mark.parametrize("task_id", DOT_SEGMENTS)
 async def test_the_manager_refuses_dot_segment_ids_from_code(task_id: str) -> None:
-    from app.core.tasks import build_task_manager
-
     manager = build_task_manager(Settings(store="memory", executor="background"))
     await manager.start()
     try:
