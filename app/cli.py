@@ -25,9 +25,10 @@ import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from app import scale as scale_command
+from app.cli_types import integer
 from app.config import Settings
 from app.core.metrics_dir import ensure_multiprocess_dir_exists, use_multiprocess_dir
 
@@ -170,9 +171,7 @@ def main(argv: list[str] | None = None, *, exec_function: ExecFunction = os.exec
 
 
 def serve(*, host: str, port: int, workers: int, log_level: str | None) -> int:
-    """Run uvicorn with the app factory until it is stopped."""
-    import uvicorn
-
+    """Run uvicorn with the app factory until it is stopped; 3 when the app could not start."""
     from app.logs import uvicorn_log_config
 
     if log_level is not None:
@@ -194,7 +193,7 @@ def serve(*, host: str, port: int, workers: int, log_level: str | None) -> int:
     # Before uvicorn imports the app (and with it prometheus_client) in this or a child process.
     use_multiprocess_dir(required=workers > 1, prefix="tasklane-api-metrics-")
     level = (log_level or settings.log_level).lower()
-    uvicorn.run(
+    return run_uvicorn(
         "app.main:create_app",
         factory=True,
         host=host,
@@ -203,7 +202,29 @@ def serve(*, host: str, port: int, workers: int, log_level: str | None) -> int:
         log_level=level,
         log_config=uvicorn_log_config(settings.log_format, level),
     )
-    return 0
+
+
+def run_uvicorn(app: str, *, workers: int, **options: Any) -> int:
+    """uvicorn.run(app, ...), returning the exit status a start-up failure deserves.
+
+    One process: uvicorn exits 3 itself when the app cannot start. Several: uvicorn.run stops
+    the supervisor when a worker fails to start but returns normally (uvicorn 0.55), so the
+    supervisor is run here, as uvicorn.run would, and its workers' exit codes are read after.
+    """
+    import uvicorn
+
+    if workers == 1:
+        uvicorn.run(app, workers=1, **options)
+        return 0
+    from uvicorn.config import STARTUP_FAILURE
+    from uvicorn.supervisors import Multiprocess
+
+    config = uvicorn.Config(app, workers=workers, **options)
+    supervisor = Multiprocess(config, sockets=[config.bind_socket()])
+    supervisor.run()
+    # Process.process is the multiprocessing child behind uvicorn's wrapper.
+    failed = any(p.process.exitcode == STARTUP_FAILURE for p in supervisor.processes)
+    return STARTUP_FAILURE if failed else 0
 
 
 def celery(args: argparse.Namespace, exec_function: ExecFunction) -> int:
@@ -321,18 +342,8 @@ def _queue_list(value: str) -> list[str]:
     return queues
 
 
-def _port(value: str) -> int:
-    number = int(value)
-    if not 0 <= number <= 65_535:
-        raise argparse.ArgumentTypeError(f"port must be 0-65535, not {number}")
-    return number
-
-
-def _positive(value: str) -> int:
-    number = int(value)
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {number}")
-    return number
+_port = integer(0, 65_535)
+_positive = integer(1)
 
 
 if __name__ == "__main__":

@@ -52,6 +52,10 @@ class Settings(BaseSettings):
     result_ttl: int = Field(default=86_400, ge=60)
     #: How many records the "recent" listing (and the memory store) keeps.
     recent_max: int = Field(default=10_000, ge=10)
+    #: Redis connections per client (per process: records, domain data); a full pool waits.
+    redis_max_connections: int = Field(default=100, ge=1, le=10_000)
+    #: Seconds a Redis command waits for a free connection of a full pool before a 503.
+    redis_pool_timeout: float = Field(default=5.0, gt=0, le=300)
 
     #: Tasks the in-process runner executes at once (async and sync together).
     concurrency: int = Field(default=8, ge=1, le=1024)
@@ -161,6 +165,11 @@ class Settings(BaseSettings):
             return self.redis_url
         broker = self.celery_broker_url or ""
         return broker if broker.startswith(("redis://", "rediss://", "unix://")) else None
+
+    @cached_property
+    def store_redis_variable(self) -> str:
+        """The variable store_redis_url came from, for messages that tell what to fix."""
+        return "REDIS_URL" if self.redis_url else "CELERY_BROKER_URL"
 
     @cached_property
     def scheduler_enabled(self) -> bool:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from app.cli_types import integer
 from app.config import Settings
 
 #: The chart names the worker Deployment after the release (charts/tasklane _helpers.tpl).
@@ -108,8 +109,4 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
-def _replicas(value: str) -> int:
-    number = int(value)
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"replicas cannot be negative, not {number}")
-    return number
+_replicas = integer(0)

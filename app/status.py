@@ -20,11 +20,11 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
 from app.config import Settings
+from app.core.redis_client import redact
 from app.core.tasks.worker_keys import LIVENESS_FACTOR, WorkerKeys, queue_lists
 
 #: The priority of each list queue_lists() names, in order (the base list holds priority 0).
@@ -101,15 +101,6 @@ class StatusReport:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def redact(url: str) -> str:
-    """The URL without its password (safe to print)."""
-    parts = urlsplit(url)
-    if not parts.password:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def collect(settings: Settings, *, failures: int = 10) -> StatusReport:

@@ -10,7 +10,7 @@ from fastapi import Depends, Request
 from app.core.tasks import TaskManager
 
 # Stands in for the id while the route's path is rendered once; task ids never contain it
-# (InvalidTaskId refuses anything outside [A-Za-z0-9_.:-]).
+# (braces are outside core/tasks/models.py's ID_PATTERN).
 _ID_SLOT = "{task_id}"
 
 

@@ -7,19 +7,18 @@ The request path only records input (a vote, a pending impression count); the de
 from __future__ import annotations
 
 import logging
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, BackgroundTasks, HTTPException, Path
+from fastapi import APIRouter, BackgroundTasks, HTTPException
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.dependencies import Manager
 from app.api.errors import ERRORS, MUTATING, PROTECTED
+from app.api.schemas import ResourceIdPath
 from app.core.tasks import ExecutorUnavailable
 from app.tasks.data import get_domain_data
 
 log = logging.getLogger("tasklane.api.resources")
-
-ResourceIdPath = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")]
 
 router = APIRouter(prefix="/api/resources", tags=["resources"], responses=PROTECTED)
 

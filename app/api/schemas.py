@@ -6,13 +6,33 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import Path
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from app.core.tasks import TaskStatus
+from app.core.tasks.models import ID_MAX_LENGTH, ID_PATTERN, ID_RULE, is_clean_id
 
-TASK_ID_PATTERN = r"^[A-Za-z0-9_.:-]+$"
-TaskId = Annotated[str, Field(min_length=1, max_length=128, pattern=TASK_ID_PATTERN)]
-TaskIdPath = Annotated[str, Path(min_length=1, max_length=128, pattern=TASK_ID_PATTERN)]
+
+def _clean_id(value: str) -> str:
+    if not is_clean_id(value):
+        raise ValueError(f"must be {ID_RULE}")
+    return value
+
+
+# Task and resource ids: one clean URL path segment each (the rule: core/tasks/models.py). The
+# pattern is checked by _clean_id, for a message in words; the schema still shows it.
+_ID_SCHEMA = {"pattern": ID_PATTERN}
+SegmentId = Annotated[
+    str,
+    Field(min_length=1, max_length=ID_MAX_LENGTH, json_schema_extra=_ID_SCHEMA),
+    AfterValidator(_clean_id),
+]
+SegmentIdPath = Annotated[
+    str,
+    Path(min_length=1, max_length=ID_MAX_LENGTH, json_schema_extra=_ID_SCHEMA),
+    AfterValidator(_clean_id),
+]
+TaskId = ResourceId = SegmentId
+TaskIdPath = ResourceIdPath = SegmentIdPath
 Timestamp = Annotated[str, Field(json_schema_extra={"format": "date-time"})]
 
 
@@ -23,7 +43,8 @@ class SubmitRequest(BaseModel):
     args: list[Any] = Field(default_factory=list)
     kwargs: dict[str, Any] = Field(default_factory=dict)
     task_id: TaskId | None = Field(default=None, description="Caller-chosen id (idempotent)")
-    countdown: float | None = Field(default=None, ge=0, le=86_400, allow_inf_nan=False)
+    # strict: "5" or `true` is a client bug, not a delay (an int like 5 is still fine).
+    countdown: float | None = Field(default=None, ge=0, le=86_400, allow_inf_nan=False, strict=True)
 
 
 class SubmitResponse(BaseModel):
@@ -40,7 +61,7 @@ class MaintenanceResponse(BaseModel):
 class RecalculateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    resource_id: str | None = Field(default=None, min_length=1, max_length=128)
+    resource_id: ResourceId | None = None
 
 
 class TaskErrorInfo(BaseModel):

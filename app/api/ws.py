@@ -8,9 +8,12 @@ Protocol on /ws/audio/{resource_id}:
            GET /api/tasks/{task_id}/status serves it, without its args (the audio just sent)}
            and close 1000.
 Errors: {"type": "error", "detail"} then close 1003 (a frame we do not understand), 1007 (bad
-JSON, base64 or values), 1008 (token), 1009 (more than TASKLANE_MAX_AUDIO_BYTES), 1011/1013
-(the task could not be submitted; 1013: try again later). A client that leaves early does not
-stop a submitted task; its status stays at GET /api/tasks/{task_id}/status.
+JSON, base64 or values), 1008 (token, then resource id: the detail and close reason say which),
+1009 (more than TASKLANE_MAX_AUDIO_BYTES), 1011/1013 (the task could not be submitted; 1013:
+try again later). Every refusal comes after the handshake, as a frame and a close reason: a
+refused handshake reaches a browser as a bare HTTP 403, which reads like an auth failure.
+A client that leaves early does not stop a submitted task; its status stays at
+GET /api/tasks/{task_id}/status.
 """
 
 from __future__ import annotations
@@ -22,9 +25,9 @@ import contextlib
 import json
 import logging
 import uuid
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Any
 
-from fastapi import APIRouter, BackgroundTasks, Path, WebSocket
+from fastapi import APIRouter, BackgroundTasks, WebSocket
 from starlette.websockets import WebSocketDisconnect, WebSocketDisconnected
 
 from app.api.auth import bearer, token_matches
@@ -35,6 +38,7 @@ from app.core.tasks import (
     TasklaneError,
     get_task_manager,
 )
+from app.core.tasks.models import ID_RULE, is_clean_id
 from app.tasks.data import get_domain_data
 
 if TYPE_CHECKING:
@@ -51,8 +55,6 @@ POLL_INTERVAL = 0.2
 SESSION_TTL = 300.0
 #: Longest user_name accepted in the end frame.
 MAX_USER_NAME = 200
-
-ResourceIdPath = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")]
 
 
 class _Reject(Exception):
@@ -87,14 +89,20 @@ async def handle_audio_processing(
 
 
 @router.websocket("/ws/audio/{resource_id}")
-async def audio_socket(websocket: WebSocket, resource_id: ResourceIdPath) -> None:
-    """One recording per connection: receive, submit, report until the task finishes."""
+async def audio_socket(websocket: WebSocket, resource_id: str) -> None:
+    """One recording per connection: receive, submit, report until the task finishes.
+
+    resource_id is checked here, after the token, rather than by a path constraint: FastAPI
+    refuses a constrained path parameter before the handshake (an HTTP 403, no reason).
+    """
     settings: Settings = websocket.app.state.settings
     await websocket.accept()
     try:
         presented = bearer(websocket.headers.get("authorization"))
         if not token_matches(settings, presented or websocket.query_params.get("token")):
             raise _Reject(1008, "Missing or invalid token.")
+        if not is_clean_id(resource_id):
+            raise _Reject(1008, f"Invalid resource id: use {ID_RULE}.")
         await _open_session(resource_id)
         chunks, user_name = await _receive_audio(websocket, settings.max_audio_bytes)
         task_id = await handle_audio_processing(resource_id, chunks, user_name)

@@ -20,7 +20,7 @@ import redis
 from celery import signals
 
 from app.config import Settings
-from app.core.redis_client import LoopLocalRedis
+from app.core.redis_client import LoopLocalRedis, PoolLimits
 from app.core.tasks.hooks import TaskHooks, default_hooks
 from app.core.tasks.registry import TaskRegistry
 from app.core.tasks.registry import registry as default_registry
@@ -56,7 +56,9 @@ class Runtime:
         )
         #: The same Redis for coroutines on this runtime's loop: the active-set bookkeeping
         #: around each task, so a delivery needs no hop off the loop.
-        self.async_redis: LoopLocalRedis | None = LoopLocalRedis(url) if url else None
+        self.async_redis: LoopLocalRedis | None = (
+            LoopLocalRedis(url, limits=PoolLimits.from_settings(settings)) if url else None
+        )
         self.pid = os.getpid()
         self.loop = new_event_loop()
         self._thread = threading.Thread(

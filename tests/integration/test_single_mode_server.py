@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import math
 import struct
@@ -78,3 +79,37 @@ def test_websocket_audio_task_completes_with_no_request_attached(server: ServerP
         resource = client.get("/api/resources/single-mode-res").json()
     assert resource["status"] == "processed"
     assert resource["analysis"]["duration_s"] == pytest.approx(0.5)
+
+
+def test_head_probes_get_headers_only_and_the_connection_stays_usable(
+    server: ServerProcess,
+) -> None:
+    # One keep-alive connection: had the server sent the body Content-Length announces, or
+    # refused the missing one, the GET after the HEADs would read garbage or fail.
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        heads = [client.head(path) for path in ("/healthz", "/api/tasks", "/metrics")]
+        after = client.get("/healthz")
+
+    assert [(r.status_code, r.content) for r in heads] == [(200, b"")] * 3
+    assert int(heads[0].headers["content-length"]) == len(after.content)
+    assert after.status_code == 200
+    assert "RuntimeError" not in server.log()
+
+
+def test_a_bad_websocket_resource_id_is_a_close_with_a_reason_not_an_http_403(
+    server: ServerProcess,
+) -> None:
+    async def connect() -> tuple[list[dict[str, object]], int | None, str | None]:
+        url = server.url.replace("http://", "ws://") + "/ws/audio/bad%20id"
+        frames: list[dict[str, object]] = []
+        async with websockets.connect(url) as socket:  # a refused handshake raises here
+            with contextlib.suppress(websockets.exceptions.ConnectionClosedError):
+                async for frame in socket:  # ends in the error above on a close other than 1000
+                    frames.append(json.loads(frame))
+            return frames, socket.close_code, socket.close_reason
+
+    frames, code, reason = asyncio.run(asyncio.wait_for(connect(), 30))
+
+    assert code == 1008
+    assert frames == [{"type": "error", "detail": reason}]
+    assert str(reason).startswith("Invalid resource id")

@@ -23,10 +23,11 @@ ROOT = Path(__file__).resolve().parents[2]
 def uvicorn_calls(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     calls: list[dict[str, Any]] = []
 
-    def fake_run(app: str, **kwargs: Any) -> None:
+    def fake_run(app: str, **kwargs: Any) -> int:
         calls.append({"app": app, **kwargs})
+        return 0
 
-    monkeypatch.setattr("uvicorn.run", fake_run)
+    monkeypatch.setattr(cli, "run_uvicorn", fake_run)
     for name in ("REDIS_URL", "CELERY_BROKER_URL", "TASKLANE_STORE", "TASKLANE_EXECUTOR"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.delenv("TASKLANE_LOG_LEVEL", raising=False)
@@ -132,14 +133,33 @@ def test_serve_reports_an_unworkable_configuration(
 
 
 @pytest.mark.parametrize(
-    "argv", [["serve", "--port", "70000"], ["serve", "--workers", "0"], ["serve", "--port", "x"]]
+    ("argv", "message"),
+    [
+        (["serve", "--port", "70000"], "argument --port: must be an integer from 0 to 65535"),
+        (
+            ["serve", "--port", "abc"],
+            "argument --port: must be an integer from 0 to 65535, not 'abc'",
+        ),
+        (["serve", "--workers", "0"], "argument --workers: must be an integer of at least 1"),
+        (["serve", "--workers", "two"], "argument --workers: must be an integer of at least 1"),
+        (["worker", "--metrics-port", "x"], "argument --metrics-port: must be an integer from 0"),
+        (["scale", "--replicas", "many"], "argument --replicas: must be an integer of at least 0"),
+    ],
 )
-def test_serve_rejects_bad_values(argv: list[str], uvicorn_calls: list[dict[str, Any]]) -> None:
+def test_bad_numbers_are_refused_with_the_accepted_range(
+    argv: list[str],
+    message: str,
+    uvicorn_calls: list[dict[str, Any]],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     with pytest.raises(SystemExit) as exited:
         cli.main(argv)
 
     assert exited.value.code == 2
     assert uvicorn_calls == []
+    error = capsys.readouterr().err
+    assert message in error
+    assert "invalid" not in error  # argparse's "invalid _port value" named a private function
 
 
 def test_tasklane_serve_answers_and_shuts_down_on_sigterm() -> None:

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from app.core.tasks import InvalidTaskArgs, TaskContext, UnknownTaskError
 from app.core.tasks.arguments import normalise_arguments
+from app.core.tasks.errors import TaskModuleNotFound
 from app.core.tasks.models import TaskSpec
-from app.core.tasks.registry import TaskRegistry, registry, task
+from app.core.tasks.registry import TaskRegistry, autodiscover, registry, task
 
 
 @pytest.fixture
@@ -291,3 +293,26 @@ def test_context_parameter_is_not_bound_from_the_caller(specs: dict[str, TaskSpe
     json_args, json_kwargs = normalise_arguments(specs["with_context"], (), {"resource_id": "r"})
 
     assert (json_args, json_kwargs) == ([], {"resource_id": "r"})
+
+
+@pytest.mark.parametrize("module", ["tasklane_absent", "tasklane_absent.tasks", "app.absent"])
+def test_autodiscover_names_a_missing_module_and_the_variable(module: str) -> None:
+    with pytest.raises(TaskModuleNotFound) as missing:
+        autodiscover([module])
+
+    assert isinstance(missing.value, ValueError)  # a configuration error, like Settings.check()
+    assert f"TASKLANE_TASK_MODULES names {module!r}" in str(missing.value)
+
+
+def test_autodiscover_keeps_the_error_of_a_module_that_exists_but_cannot_import(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its missing dependency is a bug in its code: the traceback is the useful report.
+    (tmp_path / "tasklane_broken_tasks.py").write_text("import tasklane_absent_dependency\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    with pytest.raises(ModuleNotFoundError) as failed:
+        autodiscover(["tasklane_broken_tasks"])
+
+    assert not isinstance(failed.value, TaskModuleNotFound)
+    assert failed.value.name == "tasklane_absent_dependency"

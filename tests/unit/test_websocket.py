@@ -202,12 +202,30 @@ def test_a_runner_that_cannot_accept_closes_with_1013(
     assert "shutting down" in frames[-1]["detail"]
 
 
-def test_invalid_resource_id_is_refused(client: TestClient) -> None:
-    with pytest.raises(WebSocketDisconnect) as refused:  # noqa: SIM117
-        with client.websocket_connect("/ws/audio/bad%20id") as ws:
+@pytest.mark.parametrize("resource_id", ["bad%20id", "%2E%2E", "x" * 129])
+def test_invalid_resource_id_is_a_close_with_a_reason_not_a_refused_handshake(
+    client: TestClient, resource_id: str
+) -> None:
+    # A refused handshake reaches a real client as an empty HTTP 403, like an auth failure.
+    with client.websocket_connect(f"/ws/audio/{resource_id}") as ws:
+        frames = [ws.receive_json()]
+        with pytest.raises(WebSocketDisconnect) as closed:
             ws.receive_json()
 
-    assert refused.value.code == 1008
+    assert frames[0]["type"] == "error"
+    assert frames[0]["detail"].startswith("Invalid resource id: use 1-128 characters")
+    assert closed.value.code == 1008
+    assert closed.value.reason == frames[0]["detail"]
+
+
+def test_without_the_token_a_bad_resource_id_still_reads_as_the_auth_failure() -> None:
+    with (
+        make_client(api_token="tok") as client,
+        client.websocket_connect("/ws/audio/bad%20id") as ws,
+    ):
+        frames, code = receive_until_closed(ws)
+
+    assert (code, frames) == (1008, [{"type": "error", "detail": "Missing or invalid token."}])
 
 
 @pytest.mark.parametrize(

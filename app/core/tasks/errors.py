@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from app.core.tasks.models import ID_RULE
+
 
 class TasklaneError(Exception):
     """Base of the task system's errors. Do not raise directly."""
@@ -32,14 +34,23 @@ class InvalidTaskArgs(TasklaneError, ValueError):
 
 
 class InvalidTaskId(TasklaneError, ValueError):
-    """A caller-chosen task id is empty, too long or has characters outside [A-Za-z0-9_.:-]."""
+    """A caller-chosen task id is not one clean URL path segment (models.ID_PATTERN)."""
 
     http_status = 422
 
     def __init__(self, task_id: str) -> None:
         self.task_id = task_id
+        super().__init__(f"Task id {task_id[:80]!r} is invalid: use {ID_RULE}")
+
+
+class TaskModuleNotFound(TasklaneError, ValueError):
+    """A module named in TASKLANE_TASK_MODULES does not exist (a configuration error)."""
+
+    def __init__(self, module: str, reason: str) -> None:
+        self.module = module
         super().__init__(
-            f"Task id {task_id[:80]!r} is invalid: use 1-128 characters from A-Z a-z 0-9 _ . : -"
+            f"TASKLANE_TASK_MODULES names {module!r}, which cannot be imported ({reason}): "
+            "check the spelling and that its package is installed or on PYTHONPATH"
         )
 
 

@@ -9,7 +9,6 @@ same for a batch in bulk: every call checked first, one store write, one dispatc
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 import uuid
 from collections.abc import Iterable, Sequence
@@ -28,7 +27,14 @@ from app.core.tasks.errors import (
 )
 from app.core.tasks.execution import mark_interrupted
 from app.core.tasks.hooks import TaskHooks
-from app.core.tasks.models import SubmitOptions, TaskResult, TaskSpec, TaskStatus, utcnow
+from app.core.tasks.models import (
+    SubmitOptions,
+    TaskResult,
+    TaskSpec,
+    TaskStatus,
+    is_clean_id,
+    utcnow,
+)
 from app.core.tasks.registry import TaskRegistry
 from app.core.tasks.registry import registry as default_registry
 
@@ -37,8 +43,6 @@ if TYPE_CHECKING:
 
     from app.core.tasks.executors.base import Executor
     from app.core.tasks.store import ResultStore
-
-_TASK_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 
 
 class CancelOutcome(StrEnum):
@@ -288,7 +292,7 @@ class TaskManager:
 
     def _check_options(self, options: SubmitOptions) -> None:
         executor = self.executor
-        if options.task_id is not None and not _TASK_ID.fullmatch(options.task_id):
+        if options.task_id is not None and not is_clean_id(options.task_id):
             raise InvalidTaskId(options.task_id)
         if options.countdown is not None:
             if not executor.supports_delay:

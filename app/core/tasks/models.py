@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import traceback as traceback_module
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -14,6 +15,22 @@ if TYPE_CHECKING:
     from app.core.tasks.redaction import Redaction
 
 Weight = Literal["light", "heavy"]
+
+#: Task ids (and the API's resource ids) travel as one URL path segment, e.g. in a status_url:
+#: 1-128 characters from A-Z a-z 0-9 _ . : - and not only dots, because "." and ".." are
+#: dot-segments that clients and proxies normalise away (RFC 3986 5.2.4), leaving an
+#: unreachable URL. Other characters would need percent-encoding, which proxies decode
+#: differently. The API's schemas and TaskManager.submit() both check this one pattern.
+ID_PATTERN = r"^[A-Za-z0-9_.:-]*[A-Za-z0-9_:-][A-Za-z0-9_.:-]*$"
+ID_MAX_LENGTH = 128
+#: The rule in words, for error messages.
+ID_RULE = f"1-{ID_MAX_LENGTH} characters from A-Z a-z 0-9 _ . : - and not only dots"
+_ID = re.compile(ID_PATTERN)
+
+
+def is_clean_id(value: str) -> bool:
+    """Does value follow ID_PATTERN and ID_MAX_LENGTH (one clean URL path segment)?"""
+    return len(value) <= ID_MAX_LENGTH and _ID.fullmatch(value) is not None
 
 
 class TaskStatus(StrEnum):

@@ -11,7 +11,7 @@ import inspect
 from collections.abc import Callable, Collection, Iterable, Iterator
 from typing import Any, TypeVar
 
-from app.core.tasks.errors import UnknownTaskError
+from app.core.tasks.errors import TaskModuleNotFound, UnknownTaskError
 from app.core.tasks.models import TaskSpec, Weight
 from app.core.tasks.redaction import Redaction
 
@@ -74,9 +74,22 @@ DEFAULT_TASK_MODULES = ("app.tasks",)
 
 
 def autodiscover(modules: Iterable[str] = ()) -> None:
-    """Import the default task modules plus `modules` (TASKLANE_TASK_MODULES) to register them."""
-    for module in (*DEFAULT_TASK_MODULES, *modules):
+    """Import the default task modules plus `modules` (TASKLANE_TASK_MODULES) to register them.
+
+    Raises TaskModuleNotFound (a ValueError) when a named module does not exist. A module that
+    exists but fails while importing raises its own error, traceback and all: that is a bug in
+    its code, not a setting to fix.
+    """
+    for module in DEFAULT_TASK_MODULES:
         importlib.import_module(module)
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            missing = exc.name or ""
+            if module != missing and not module.startswith(f"{missing}."):
+                raise  # the module exists; something it imports is missing
+            raise TaskModuleNotFound(module, str(exc)) from None
 
 
 def task(

@@ -93,10 +93,15 @@ _data: DomainData | None = None
 def create_domain_data(settings: Settings) -> DomainData:
     """Memory or Redis, following the same choice as the task record store."""
     if settings.resolved_store == "redis":
+        from app.core.redis_client import PoolLimits
         from app.tasks.data.redis import RedisDomainData
 
         assert settings.store_redis_url is not None
-        return RedisDomainData(settings.store_redis_url, prefix=settings.key_prefix)
+        return RedisDomainData(
+            settings.store_redis_url,
+            prefix=settings.key_prefix,
+            limits=PoolLimits.from_settings(settings),
+        )
     from app.tasks.data.memory import MemoryDomainData
 
     return MemoryDomainData()

@@ -27,7 +27,7 @@ from typing import Any
 
 from redis.exceptions import WatchError
 
-from app.core.redis_client import LoopLocalRedis, translate_unavailable
+from app.core.redis_client import LoopLocalRedis, PoolLimits, translate_unavailable
 from app.tasks.data.common import (
     DONE_TTL_SECONDS,
     NOTIFICATION_ID_TTL_SECONDS,
@@ -93,8 +93,10 @@ _PAGE = 500
 class RedisDomainData:
     kind = "redis"
 
-    def __init__(self, url: str, *, prefix: str = "tasklane:") -> None:
-        self._redis = LoopLocalRedis(url)
+    def __init__(
+        self, url: str, *, prefix: str = "tasklane:", limits: PoolLimits | None = None
+    ) -> None:
+        self._redis = LoopLocalRedis(url, limits=limits)
         self.prefix = f"{prefix}domain:"
         self._resources = f"{self.prefix}resources"
         self._totals = f"{self.prefix}impressions:totals"

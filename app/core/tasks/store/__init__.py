@@ -162,6 +162,7 @@ class ResultStore(Protocol):
 def create_store(settings: Settings) -> ResultStore:
     """The store settings.resolved_store names, configured from settings."""
     if settings.resolved_store == "redis":
+        from app.core.redis_client import PoolLimits
         from app.core.tasks.store.redis import RedisStore
 
         assert settings.store_redis_url is not None  # Settings.check() guarantees it
@@ -170,6 +171,7 @@ def create_store(settings: Settings) -> ResultStore:
             prefix=settings.key_prefix,
             result_ttl=settings.result_ttl,
             recent_max=settings.recent_max,
+            limits=PoolLimits.from_settings(settings),
         )
     from app.core.tasks.store.memory import MemoryStore
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from redis.exceptions import NoScriptError
 
-from app.core.redis_client import LoopLocalRedis, translate_unavailable
+from app.core.redis_client import LoopLocalRedis, PoolLimits, translate_unavailable
 from app.core.tasks.models import TaskResult, TaskStatus
 from app.core.tasks.store import NO_RIDERS, KeyOp, Mutation, QueuePush, Riders
 
@@ -142,11 +142,12 @@ class RedisStore:
         prefix: str = "tasklane:",
         result_ttl: int = 86_400,
         recent_max: int = 10_000,
+        limits: PoolLimits | None = None,
     ) -> None:
         self.prefix = prefix
         #: Where a QueuePush lands: this store's own Redis (see executors/wire.py).
         self.push_url: str | None = url
-        self._redis = LoopLocalRedis(url)
+        self._redis = LoopLocalRedis(url, limits=limits)
         self._ttl = result_ttl
         self._recent_max = recent_max
         self._recent = f"{prefix}tasks:recent"
