@@ -44,3 +44,9 @@ def sample_block_sync(seconds: float) -> float:
     """Ignores cancellation entirely: one uninterruptible sleep."""
     time.sleep(seconds)
     return seconds
+
+
+@task("sample_payload_size")
+async def sample_payload_size(payload: str) -> int:
+    """Returns the payload's length and keeps nothing: memory tests send megabyte payloads."""
+    return len(payload)
