@@ -24,7 +24,6 @@ from app.api.resources import router as resources_router
 from app.api.tasks import router as tasks_router
 from app.api.ws import router as ws_router
 from app.config import Settings
-from app.core.heap import return_large_blocks
 from app.core.tasks import build_task_manager, set_task_manager
 from app.core.tasks.handoff import HandoffGuard
 from app.core.tasks.scheduler import LocalScheduler
@@ -58,9 +57,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # Everything imported and built so far lives as long as the process: keep it out
             # of the cyclic GC's scans, whose full passes otherwise stall every request (p99).
             gc.freeze()
-            # Megabyte-sized buffers (bodies, arguments, audio) go back to the system when
-            # freed, so RSS follows the byte budgets instead of glibc's fragmented heap.
-            return_large_blocks()
             yield
         finally:
             if scheduler is not None:

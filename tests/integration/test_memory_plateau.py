@@ -85,15 +85,24 @@ class PeakRss:
             self.peak = max(self.peak, rss(self.pid))
 
 
+#: 503s (StoreFull: unfinished tasks fill the memory store) and 1013 closes the clients met
+#: and retried, as a real client would: back-pressure is part of how memory stays bounded.
+REFUSED: list[str] = []
+
+
 def submit_tasks(url: str, count: int, size: int) -> list[str]:
     """POST `count` sample_payload_size tasks with a `size`-character argument each."""
     body = json.dumps({"name": "sample_payload_size", "args": ["x" * size]}).encode()
     ids: list[str] = []
     with httpx.Client(base_url=url, timeout=30) as client:
-        for _ in range(count):
+        while len(ids) < count:
             response = client.post(
                 "/api/tasks", content=body, headers={"content-type": "application/json"}
             )
+            if response.status_code == 503:
+                REFUSED.append(response.json()["detail"])
+                time.sleep(0.1)  # the runner catches up within a fraction of Retry-After
+                continue
             assert response.status_code == 202, response.text[:300]
             ids.append(response.json()["task_id"])
     return ids
@@ -110,6 +119,10 @@ def audio_sessions(url: str, count: int, size: int) -> list[str]:
                 await socket.send(pcm[start : start + 64 * 1024])
             await socket.send(json.dumps({"type": "end"}))
             frames = [json.loads(frame) async for frame in socket]
+        if socket.close_code == 1013:
+            REFUSED.append(frames[-1]["detail"])
+            await asyncio.sleep(0.1)
+            return await one(i)
         return str(frames[-1].get("status"))
 
     async def run() -> list[str]:
@@ -125,19 +138,19 @@ def audio_sessions(url: str, count: int, size: int) -> list[str]:
 
 
 def wait_idle(url: str, task_ids: list[str], timeout: float = 60) -> None:
-    """Until the last submitted tasks are final (the runner is FIFO within a priority)."""
+    """Until the given tasks (each client's last: the runner starts tasks in order) finish."""
     deadline = time.monotonic() + timeout
     with httpx.Client(base_url=url, timeout=10) as client:
-        for task_id in task_ids[-8:]:
+        for task_id in task_ids:
             while client.get(f"/api/tasks/{task_id}/status").json()["status"] != "SUCCESS":
                 assert time.monotonic() < deadline, f"task {task_id} not finished"
                 time.sleep(0.05)
 
 
 def load(server: ServerProcess, tasks: int) -> tuple[int, int]:
-    """Warm up, then the full load; returns (baseline RSS, peak RSS during the load)."""
+    """Warm up, then the full load; returns RSS before it (baseline) and its peak during it."""
     pid = server.process.pid
-    wait_idle(server.url, submit_tasks(server.url, 8, 1_000))
+    wait_idle(server.url, submit_tasks(server.url, 8, 1_000)[-1:])
     assert audio_sessions(server.url, 2, 64_000) == ["SUCCESS", "SUCCESS"]
     time.sleep(0.5)
     baseline = rss(pid)
@@ -147,9 +160,9 @@ def load(server: ServerProcess, tasks: int) -> tuple[int, int]:
             pool.submit(submit_tasks, server.url, tasks // HTTP_CLIENTS, TASK_BYTES)
             for _ in range(HTTP_CLIENTS)
         ]
-        ids = [task_id for batch in batches for task_id in batch.result()]
+        last = [batch.result()[-1] for batch in batches]
         assert set(sessions.result()) == {"SUCCESS"}
-        wait_idle(server.url, ids)
+        wait_idle(server.url, last)
     return baseline, peak.peak
 
 
@@ -161,17 +174,16 @@ def in_flight() -> int:
     return IN_FLIGHT_COPIES * (tasks + audio)
 
 
-def assert_bounded(baseline: int, peak: int, kept: int, server: ServerProcess) -> None:
+def assert_bounded(rss_seen: tuple[int, int], kept: int, server: ServerProcess) -> None:
+    baseline, peak = rss_seen
     bound = baseline + kept + in_flight()
-    print(  # shown with -s: the numbers behind the README's bound
+    numbers = (
         f"baseline {baseline / MIB:.0f} MiB, peak {peak / MIB:.0f} MiB, bound {bound / MIB:.0f}"
-        f" MiB (kept {kept / MIB:.0f} + in flight {in_flight() / MIB:.0f})"
+        f" MiB (kept {kept / MIB:.0f} + in flight {in_flight() / MIB:.0f}); refused and"
+        f" retried: {len(REFUSED)}"
     )
-    assert peak <= bound, (
-        f"RSS peaked at {peak / MIB:.0f} MiB, over the bound {bound / MIB:.0f} MiB "
-        f"(baseline {baseline / MIB:.0f} + kept {kept / MIB:.0f} + in flight "
-        f"{in_flight() / MIB:.0f})\n{server.log()[-2000:]}"
-    )
+    print(numbers)  # shown with -s: the numbers behind the README's bound
+    assert peak <= bound, f"RSS peaked over its bound: {numbers}\n{server.log()[-2000:]}"
 
 
 @pytest.fixture
@@ -190,10 +202,10 @@ def test_single_mode_rss_stays_within_the_memory_store_budget(
     environment["TASKLANE_MEMORY_STORE_MAX_BYTES"] = str(STORE_BUDGET)
     server = ServerProcess(environment, tmp_path / "server.log")
     try:
-        baseline, peak = load(server, TASKS)
+        seen = load(server, TASKS)
     finally:
         server.kill()
-    assert_bounded(baseline, peak, STORE_BUDGET, server)
+    assert_bounded(seen, STORE_BUDGET, server)
 
 
 @pytest.fixture
@@ -213,8 +225,8 @@ def test_scaled_api_rss_stays_within_the_record_cache_budget(
     environment.update(REDIS_URL=own_redis.url, CELERY_BROKER_URL=own_redis.url)
     server = ServerProcess(environment, tmp_path / "server.log")
     try:
-        baseline, peak = load(server, SCALED_TASKS)
+        seen = load(server, SCALED_TASKS)
     finally:
         server.kill()
     # The cache holds each remembered record as its JSON and as objects: twice its budget.
-    assert_bounded(baseline, peak, 2 * _KNOWN_MAX_BYTES, server)
+    assert_bounded(seen, 2 * _KNOWN_MAX_BYTES, server)
