@@ -77,8 +77,8 @@ class MemoryStore:
         if pushes is not None and any(push is not None for push in pushes):
             raise ValueError("the memory store has no broker to push a message to")
         with self._lock:
-            self._admit(records)
-            return [self._create(record) for record in records]
+            charges = self._admit(records)
+            return [self._create(record, charges.get(record.task_id)) for record in records]
 
     async def get(self, task_id: str) -> TaskResult | None:
         with self._lock:
@@ -178,23 +178,24 @@ class MemoryStore:
     async def close(self) -> None:
         return None
 
-    def _create(self, record: TaskResult) -> tuple[TaskResult, bool]:
+    def _create(self, record: TaskResult, charge: int | None) -> tuple[TaskResult, bool]:
         existing = self._live(record.task_id)
         if existing is not None:
             return existing, False
-        self._put(record.task_id, _row(record, time.monotonic() + self._ttl))
+        self._put(record.task_id, _row(record, time.monotonic() + self._ttl, charge=charge))
         self._evict(keep=record.task_id)
         return record, True
 
-    def _admit(self, records: Sequence[TaskResult]) -> None:
-        """Raise StoreFull, before anything is written, when the new records would not fit
-        next to the unfinished ones (finished ones make room: _evict drops them)."""
-        fresh = {r.task_id: r for r in records if r.task_id not in self._records}
-        if not fresh:
-            return
-        needed = sum(_charge(r.args, r.kwargs) for r in fresh.values())
-        if self._unfinished_bytes + needed > self._max_bytes:
+    def _admit(self, records: Sequence[TaskResult]) -> dict[str, int]:
+        """The new records' charges, by id; raises StoreFull, before anything is written, when
+        they would not fit next to the unfinished ones (finished ones make room: _evict)."""
+        charges = {
+            r.task_id: _charge(r.args, r.kwargs) for r in records if r.task_id not in self._records
+        }
+        needed = sum(charges.values())
+        if needed and self._unfinished_bytes + needed > self._max_bytes:
             raise StoreFull(self._unfinished_bytes, needed, self._max_bytes)
+        return charges
 
     def _live(self, task_id: str) -> TaskResult | None:
         row = self._records.get(task_id)
@@ -271,13 +272,19 @@ def _result_size(value: Any) -> int:
         return len(repr(value))
 
 
-def _row(record: TaskResult, expires_at: float, previous: _Row | None = None) -> _Row:
+def _row(
+    record: TaskResult,
+    expires_at: float,
+    previous: _Row | None = None,
+    *,
+    charge: int | None = None,
+) -> _Row:
     """The row of record; `previous` (the stored row of the same arguments) lends its args
-    tuples and their measured size."""
+    tuples and their charge, or `charge` is that charge, already measured."""
     error, progress = record.error, record.progress
     if previous is None:
         args, kwargs = tuple(record.args), tuple(record.kwargs.items())
-        args_size = _charge(record.args, record.kwargs)
+        args_size = _charge(record.args, record.kwargs) if charge is None else charge
     else:
         args, kwargs, args_size = previous[_ARGS], previous[_KWARGS], previous[_ARGS_SIZE]
     size = args_size
