@@ -31,12 +31,30 @@ MAX_NESTING = 100
 _ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 
 
+def _not_json(value: object) -> object:
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+#: The same JSON from the C encoder built once, without the cycle check: json_size() measures
+#: values already checked (copied plain), at half the cost of JSONEncoder.encode per call.
+_C_ENCODE = (
+    json.encoder.c_make_encoder(
+        None, _not_json, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, False
+    )
+    if json.encoder.c_make_encoder is not None
+    else None
+)
+
+
 def json_size(value: object) -> int:
     """Characters of value as compact JSON (the arguments' measure for TASKLANE_MAX_ARGS_BYTES).
 
-    Raises TypeError or ValueError for a value JSON cannot carry (callers pass checked ones).
+    For checked values (JSON-plain, acyclic). Raises TypeError or ValueError for a value JSON
+    cannot carry, RecursionError for a cyclic one.
     """
-    return len(_ENCODER.encode(value))
+    if _C_ENCODE is None:
+        return len(_ENCODER.encode(value))
+    return sum(map(len, _C_ENCODE(value, 0)))
 
 
 def storable_problem(value: object) -> str | None:

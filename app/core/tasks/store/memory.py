@@ -261,14 +261,15 @@ _FINISHED = frozenset(status.value for status in FINISHED_STATUSES)
 
 def _charge(args: Sequence[Any], kwargs: dict[str, Any]) -> int:
     """What a record's arguments cost the budget: their JSON size plus ROW_OVERHEAD."""
-    return ROW_OVERHEAD + json_size([args, kwargs])
+    return ROW_OVERHEAD + _size([args, kwargs])
 
 
-def _result_size(value: Any) -> int:
+def _size(value: Any) -> int:
     try:
         return json_size(value)
-    except (TypeError, ValueError):
-        # execute() stores only JSON results; a record built by hand may hold anything.
+    except (TypeError, ValueError, RecursionError):
+        # submit() and execute() store only checked JSON; a record built by hand may hold
+        # anything, and the store never refused that.
         return len(repr(value))
 
 
@@ -289,7 +290,7 @@ def _row(
         args, kwargs, args_size = previous[_ARGS], previous[_KWARGS], previous[_ARGS_SIZE]
     size = args_size
     if record.result is not None:
-        size += _result_size(record.result)
+        size += _size(record.result)
     if error is not None:
         size += len(error.type) + len(error.message) + len(error.traceback)
     if progress is not None:
