@@ -57,6 +57,22 @@ async def test_finished_records_are_dropped_oldest_first_when_bytes_run_out() ->
 
 
 @pytest.mark.asyncio
+async def test_a_big_result_makes_room_by_dropping_the_oldest_finished_record() -> None:
+    store = MemoryStore(max_bytes=BUDGET)
+    for n in range(10):
+        await store.create(record(f"t-{n}"))
+        if n < 9:
+            await store.update(f"t-{n}", finish)
+
+    await store.update("t-9", lambda r: r.replace(status=TaskStatus.SUCCESS, result="y" * PAYLOAD))
+
+    assert await ids(store) == sorted(f"t-{n}" for n in range(1, 10))
+    finished = await store.get("t-9")
+    assert finished is not None
+    assert finished.result == "y" * PAYLOAD
+
+
+@pytest.mark.asyncio
 async def test_a_record_that_does_not_fit_next_to_unfinished_ones_is_refused() -> None:
     store = MemoryStore(max_bytes=BUDGET)
     for n in range(10):

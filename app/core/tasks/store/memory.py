@@ -105,8 +105,10 @@ class MemoryStore:
             # Arguments never change after submit: reuse their measured size when the mutation
             # kept them (replace() passes the same list and dict on), instead of measuring again.
             same = new.args is current.args and new.kwargs is current.kwargs
-            self._put(task_id, _row(new, time.monotonic() + self._ttl, row if same else None))
-            self._evict(keep=task_id)
+            new_row = _row(new, time.monotonic() + self._ttl, row if same else None)
+            self._put(task_id, new_row)
+            if new_row[_SIZE] > row[_SIZE]:  # a result or an error arrived: may need room
+                self._evict(keep=task_id)
             return new
 
     async def list(
