@@ -76,6 +76,12 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     #: Largest total audio a WebSocket session may stream, in bytes.
     max_audio_bytes: int = Field(default=16 * 1_048_576, ge=1024)
+    #: Largest task arguments (`[args, kwargs]` as compact JSON) a submit accepts, in bytes;
+    #: larger ones are refused (413) before anything is stored. The audio WebSocket allows its
+    #: own audio's size instead (bounded by max_audio_bytes).
+    max_args_bytes: int = Field(default=1_048_576, ge=1024)
+    #: Byte budget of the memory store's records (see app/core/tasks/store/memory.py).
+    memory_store_max_bytes: int = Field(default=256 * 1_048_576, ge=1_048_576)
 
     # -- scaled mode (Celery) ------------------------------------------------------------------
     #: Tasks routed to Celery when a worker can serve them (the guide's HEAVY_TASKS), on top of
@@ -214,6 +220,11 @@ class Settings(BaseSettings):
             raise ValueError(
                 "Celery workers cannot see an in-memory store: "
                 "set REDIS_URL or TASKLANE_STORE=redis"
+            )
+        if self.resolved_store == "memory" and self.memory_store_max_bytes < self.max_args_bytes:
+            raise ValueError(
+                "TASKLANE_MEMORY_STORE_MAX_BYTES must be at least TASKLANE_MAX_ARGS_BYTES "
+                "(else a task the submit accepts could never be stored)"
             )
         if self.kubernetes == "on" and not self.worker_deployment:
             raise ValueError(

@@ -33,8 +33,10 @@ from starlette.websockets import WebSocketDisconnect, WebSocketDisconnected
 from app.api.auth import bearer, token_matches
 from app.api.records import served
 from app.core.tasks import (
+    ArgumentsTooLarge,
     ExecutorUnavailable,
     InvalidTaskArgs,
+    SubmitOptions,
     TasklaneError,
     get_task_manager,
 )
@@ -67,15 +69,23 @@ class _Reject(Exception):
 
 
 async def handle_audio_processing(
-    resource_id: str, audio_data: list, user_name: str | None = None
+    resource_id: str,
+    audio_data: list,
+    user_name: str | None = None,
+    *,
+    max_audio_bytes: int | None = None,
 ) -> str:
-    """Submit process_speak_audio for the collected chunks (the guide's handler, as written).
+    """Submit process_speak_audio for the collected chunks (the guide's handler, as written,
+    plus the audio limit the session enforced, which replaces TASKLANE_MAX_ARGS_BYTES).
 
     Nothing runs this BackgroundTasks object (no HTTP request is active on a WebSocket), so
     the task manager starts the task right away.
     """
     task_manager = get_task_manager()
     background_tasks = BackgroundTasks()
+    options = None
+    if max_audio_bytes is not None:
+        options = SubmitOptions(max_args_bytes=audio_args_bytes(max_audio_bytes, len(audio_data)))
 
     task_id = await task_manager.submit(
         "process_speak_audio",
@@ -83,6 +93,7 @@ async def handle_audio_processing(
         audio_data,
         user_name,
         background_tasks=background_tasks,
+        options=options,
     )
 
     return task_id
@@ -105,19 +116,33 @@ async def audio_socket(websocket: WebSocket, resource_id: str) -> None:
             raise _Reject(1008, f"Invalid resource id: use {ID_RULE}.")
         await _open_session(resource_id)
         chunks, user_name = await _receive_audio(websocket, settings.max_audio_bytes)
-        task_id = await handle_audio_processing(resource_id, chunks, user_name)
+        task_id = await handle_audio_processing(
+            resource_id, chunks, user_name, max_audio_bytes=settings.max_audio_bytes
+        )
+        # The record holds the audio now: this frame must not keep a second reference to it
+        # for as long as the task runs (minutes for long audio, the whole _follow below).
+        del chunks
         await _send(websocket, {"type": "accepted", "task_id": task_id})
         await _follow(websocket, get_task_manager(), task_id, settings)
     except _Reject as exc:
         await _fail(websocket, exc.code, exc.detail)
-    except ExecutorUnavailable as exc:  # the runner is stopping, or Redis is away
+    except ExecutorUnavailable as exc:  # the runner is stopping, Redis is away, store full
         await _fail(websocket, 1013, str(exc))
+    except ArgumentsTooLarge as exc:  # tiny frames: their per-chunk overhead adds up
+        await _fail(websocket, 1009, str(exc))
     except InvalidTaskArgs as exc:
         await _fail(websocket, 1007, str(exc))
     except TasklaneError as exc:
         await _fail(websocket, 1011, str(exc))
     except (WebSocketDisconnect, WebSocketDisconnected):
         pass  # the client left; a submitted task runs on
+
+
+def audio_args_bytes(max_audio_bytes: int, chunks: int) -> int:
+    """The largest JSON the audio task's arguments take for up to max_audio_bytes of audio in
+    `chunks` base64 strings: 4 characters per 3 bytes, per chunk up to 2 of padding plus its
+    quotes and comma, and 4 KiB for the resource id, the user name (escaped) and the brackets."""
+    return (max_audio_bytes + 2) // 3 * 4 + 5 * chunks + 4096
 
 
 async def _fail(websocket: WebSocket, code: int, detail: str) -> None:

@@ -68,7 +68,7 @@ def decode_pcm16(chunks: Sequence[str], *, max_bytes: int) -> tuple[array[int], 
     if len(data) % 2:
         raise AudioError(f"PCM16 needs an even number of bytes, got {len(data)}")
     samples = array("h")
-    samples.frombytes(bytes(data))
+    samples.frombytes(data)  # straight from the buffer: no bytes() copy of the whole audio
     if sys.byteorder == "big":
         samples.byteswap()  # the wire format is little-endian
     return samples, len(data)

@@ -62,3 +62,9 @@ def sample_secret_field(user: str, password: str) -> str:
 def sample_crash(reason: str) -> None:
     """Always fails, so its record carries a traceback."""
     raise RuntimeError(reason)
+
+
+@task("sample_payload_size")
+async def sample_payload_size(payload: str) -> int:
+    """Returns the payload's length and keeps nothing: memory tests send megabyte payloads."""
+    return len(payload)

@@ -85,10 +85,12 @@ def _outcome(check: Callable[[], tuple[list[Any], dict[str, Any]]]) -> object:
     return ("accepted", json.dumps([json_args, json_kwargs]))
 
 
-def assert_same_outcome(name: str, args: Any, kwargs: dict[str, Any]) -> None:
+def assert_same_outcome(
+    name: str, args: Any, kwargs: dict[str, Any], max_bytes: int | None = None
+) -> None:
     spec = SPECS[name]
-    fast = _outcome(lambda: normalise_arguments(spec, args, kwargs))
-    thorough = _outcome(lambda: _checked_arguments(spec, args, kwargs))
+    fast = _outcome(lambda: normalise_arguments(spec, args, kwargs, max_bytes=max_bytes))
+    thorough = _outcome(lambda: _checked_arguments(spec, args, kwargs, max_bytes=max_bytes))
     assert fast == thorough
 
 
@@ -125,11 +127,12 @@ VALUES = st.recursive(
     args=st.lists(VALUES, max_size=5),
     kwargs=st.dictionaries(KEYS, VALUES, max_size=4),
     as_tuple=st.booleans(),
+    max_bytes=st.none() | st.integers(0, 120),
 )
 def test_fast_path_agrees_with_the_thorough_check(
-    name: str, args: list[Any], kwargs: dict[str, Any], as_tuple: bool
+    name: str, args: list[Any], kwargs: dict[str, Any], as_tuple: bool, max_bytes: int | None
 ) -> None:
-    assert_same_outcome(name, tuple(args) if as_tuple else args, kwargs)
+    assert_same_outcome(name, tuple(args) if as_tuple else args, kwargs, max_bytes)
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ task_id = await get_task_manager().submit("calculate_rating", resource_id)
 
 from app.core.tasks.context import TaskContext
 from app.core.tasks.errors import (
+    ArgumentsTooLarge,
     ExecutorUnavailable,
     InvalidTaskArgs,
     TaskAlreadyFinished,
@@ -20,6 +21,7 @@ from app.core.tasks.models import SubmitOptions, TaskError, TaskResult, TaskSpec
 from app.core.tasks.registry import registry, task
 
 __all__ = [
+    "ArgumentsTooLarge",
     "ExecutorUnavailable",
     "InvalidTaskArgs",
     "SubmitOptions",

@@ -33,6 +33,22 @@ class InvalidTaskArgs(TasklaneError, ValueError):
         super().__init__(f"Invalid arguments for task {name!r}: {reason}")
 
 
+class ArgumentsTooLarge(InvalidTaskArgs):
+    """The arguments' JSON is longer than TASKLANE_MAX_ARGS_BYTES (checked before any write)."""
+
+    # 413 like the request body limit: the payload is too big, whatever its shape.
+    http_status = 413
+
+    def __init__(self, name: str, size: int, limit: int) -> None:
+        self.size = size
+        self.limit = limit
+        super().__init__(
+            name,
+            f"the arguments take {size} bytes as JSON, more than TASKLANE_MAX_ARGS_BYTES="
+            f"{limit} allows; pass a reference to large data (a key, a URL), not the data",
+        )
+
+
 class InvalidTaskId(TasklaneError, ValueError):
     """A caller-chosen task id is not one clean URL path segment (models.ID_PATTERN)."""
 
@@ -102,6 +118,21 @@ class StoreUnavailable(ExecutorUnavailable):
 
     def __init__(self, detail: str) -> None:
         super().__init__(f"the result store is unreachable ({detail})", retry_after=5)
+
+
+class StoreFull(ExecutorUnavailable):
+    """The memory store's unfinished records leave no room in TASKLANE_MEMORY_STORE_MAX_BYTES."""
+
+    def __init__(self, unfinished: int, needed: int, limit: int) -> None:
+        self.unfinished = unfinished
+        self.needed = needed
+        self.limit = limit
+        super().__init__(
+            f"unfinished tasks hold {unfinished} bytes of the memory store's "
+            f"TASKLANE_MEMORY_STORE_MAX_BYTES={limit}, no room for {needed} more; retry once "
+            "some finish (or raise the limit)",
+            retry_after=5,
+        )
 
 
 class BrokerUnavailable(ExecutorUnavailable):

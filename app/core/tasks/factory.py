@@ -41,7 +41,13 @@ def build_task_manager(
     store = create_store(settings)
     hooks = hooks or default_hooks()
     executor = build_executor(settings, store=store, registry=registry, hooks=hooks)
-    return TaskManager(store=store, executor=executor, registry=registry, hooks=hooks)
+    return TaskManager(
+        store=store,
+        executor=executor,
+        registry=registry,
+        hooks=hooks,
+        max_args_bytes=settings.max_args_bytes,
+    )
 
 
 def build_executor(

@@ -80,11 +80,14 @@ class TaskManager:
         executor: Executor,
         registry: TaskRegistry = default_registry,
         hooks: TaskHooks | None = None,
+        max_args_bytes: int | None = None,
     ) -> None:
         self.store = store
         self.executor = executor
         self.registry = registry
         self.hooks = hooks or TaskHooks()
+        #: TASKLANE_MAX_ARGS_BYTES; None: no limit (SubmitOptions.max_args_bytes overrides it).
+        self.max_args_bytes = max_args_bytes
 
     async def start(self) -> None:
         await self.executor.start()
@@ -106,9 +109,10 @@ class TaskManager:
         """Record and dispatch task `name` with args/kwargs; returns its task id.
 
         With background_tasks (a FastAPI endpoint's), an in-process task starts after the
-        response is sent. Raises UnknownTaskError, InvalidTaskArgs, InvalidTaskId,
-        UnsupportedOption, or ExecutorUnavailable (nothing can run it now; the record is
-        settled as FAILURE so it never stays PENDING).
+        response is sent. Raises UnknownTaskError, InvalidTaskArgs (ArgumentsTooLarge: over
+        TASKLANE_MAX_ARGS_BYTES), InvalidTaskId, UnsupportedOption, or ExecutorUnavailable
+        (nothing can run it now; the record is settled as FAILURE so it never stays PENDING;
+        StoreFull: the memory store's budget is taken by unfinished tasks, nothing written).
         """
         began = time.perf_counter()
         checked = self._check(name, args, kwargs, options)
@@ -267,7 +271,8 @@ class TaskManager:
         options = options or SubmitOptions()
         spec = self.registry.get(name)
         self._check_options(options)
-        json_args, json_kwargs = normalise_arguments(spec, tuple(args), kwargs)
+        limit = options.max_args_bytes or self.max_args_bytes
+        json_args, json_kwargs = normalise_arguments(spec, tuple(args), kwargs, max_bytes=limit)
         return _Checked(spec, json_args, json_kwargs, options)
 
     def _record(self, call: _Checked) -> TaskResult:

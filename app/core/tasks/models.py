@@ -202,3 +202,7 @@ class SubmitOptions:
     countdown: float | None = None
     #: 0 (lowest) to 9; only executors with supports_priority accept it.
     priority: int | None = None
+    #: Largest JSON size of this call's arguments, instead of TASKLANE_MAX_ARGS_BYTES: for a
+    #: caller that bounds its data itself (the audio WebSocket: TASKLANE_MAX_AUDIO_BYTES).
+    #: Never taken from an HTTP request.
+    max_args_bytes: int | None = None

@@ -175,4 +175,8 @@ def create_store(settings: Settings) -> ResultStore:
         )
     from app.core.tasks.store.memory import MemoryStore
 
-    return MemoryStore(result_ttl=settings.result_ttl, max_records=settings.recent_max)
+    return MemoryStore(
+        result_ttl=settings.result_ttl,
+        max_records=settings.recent_max,
+        max_bytes=settings.memory_store_max_bytes,
+    )

@@ -8,6 +8,13 @@ GC untracks a tuple holding only atomic values, so the up to max_records rows ar
 every full collection (with TaskResult objects, each a record, its tuple and its args list,
 those passes stalled requests for tens of ms: benchmark (d) p99). Every read builds a new
 TaskResult, with its own args list and kwargs dict.
+
+Bounded twice: by count (max_records) and by bytes (max_bytes, TASKLANE_MEMORY_STORE_MAX_BYTES):
+each row is charged the JSON size of its arguments, result and error texts plus ROW_OVERHEAD.
+Finished (or expired) records go first, oldest first; an unfinished one is never dropped (its
+task would lose its record while it waits or runs), so when unfinished records alone would pass
+max_bytes a new one is refused with StoreFull (503, retry later) instead: back-pressure on a
+submit flood that outruns the runner, where admitting it would leave memory unbounded.
 """
 
 from __future__ import annotations
@@ -18,20 +25,39 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from app.core.tasks.arguments import json_size
+from app.core.tasks.errors import StoreFull
 from app.core.tasks.models import FINISHED_STATUSES, Progress, TaskError, TaskResult, TaskStatus
 from app.core.tasks.store import NO_RIDERS, Mutation, QueuePush, Riders
+
+#: Default byte budget (TASKLANE_MEMORY_STORE_MAX_BYTES).
+DEFAULT_MAX_BYTES = 256 * 1_048_576
+#: Bytes charged per record on top of its JSON sizes: the row tuple, its id, name, timestamps
+#: and the other fixed fields as Python objects (about 0.9 KiB measured on CPython 3.11).
+ROW_OVERHEAD = 1024
 
 
 class MemoryStore:
     kind = "memory"
     push_url: str | None = None
 
-    def __init__(self, *, result_ttl: float = 86_400, max_records: int = 10_000) -> None:
+    def __init__(
+        self,
+        *,
+        result_ttl: float = 86_400,
+        max_records: int = 10_000,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+    ) -> None:
         self._ttl = result_ttl
         self._max = max_records
+        self._max_bytes = max_bytes
         self._lock = threading.Lock()
         # task id -> its row (expires_at first); insertion order = submission order.
         self._records: OrderedDict[str, _Row] = OrderedDict()
+        # Sum of the rows' charges (_SIZE), all of them and the unfinished ones: kept by _put()
+        # and _drop(), the only two places rows come and go.
+        self._bytes = 0
+        self._unfinished_bytes = 0
         self._claims: dict[str, str] = {}
         self._runners: dict[str, float] = {}
         self._leases: dict[str, tuple[str, float]] = {}
@@ -51,7 +77,8 @@ class MemoryStore:
         if pushes is not None and any(push is not None for push in pushes):
             raise ValueError("the memory store has no broker to push a message to")
         with self._lock:
-            return [self._create(record) for record in records]
+            charges = self._admit(records)
+            return [self._create(record, charges.get(record.task_id)) for record in records]
 
     async def get(self, task_id: str) -> TaskResult | None:
         with self._lock:
@@ -74,7 +101,14 @@ class MemoryStore:
             new = mutate(current)
             if new is None:
                 return None
-            self._records[task_id] = _row(new, time.monotonic() + self._ttl)
+            row = self._records[task_id]
+            # Arguments never change after submit: reuse their measured size when the mutation
+            # kept them (replace() passes the same list and dict on), instead of measuring again.
+            same = new.args is current.args and new.kwargs is current.kwargs
+            new_row = _row(new, time.monotonic() + self._ttl, row if same else None)
+            self._put(task_id, new_row)
+            if new_row[_SIZE] > row[_SIZE]:  # a result or an error arrived: may need room
+                self._evict(keep=task_id)
             return new
 
     async def list(
@@ -146,62 +180,134 @@ class MemoryStore:
     async def close(self) -> None:
         return None
 
-    def _create(self, record: TaskResult) -> tuple[TaskResult, bool]:
+    def _create(self, record: TaskResult, charge: int | None) -> tuple[TaskResult, bool]:
         existing = self._live(record.task_id)
         if existing is not None:
             return existing, False
-        self._records[record.task_id] = _row(record, time.monotonic() + self._ttl)
-        self._evict()
+        self._put(record.task_id, _row(record, time.monotonic() + self._ttl, charge=charge))
+        self._evict(keep=record.task_id)
         return record, True
+
+    def _admit(self, records: Sequence[TaskResult]) -> dict[str, int]:
+        """The new records' charges, by id; raises StoreFull, before anything is written, when
+        they would not fit next to the unfinished ones (finished ones make room: _evict)."""
+        charges = {
+            r.task_id: _charge(r.args, r.kwargs) for r in records if r.task_id not in self._records
+        }
+        needed = sum(charges.values())
+        if needed and self._unfinished_bytes + needed > self._max_bytes:
+            raise StoreFull(self._unfinished_bytes, needed, self._max_bytes)
+        return charges
 
     def _live(self, task_id: str) -> TaskResult | None:
         row = self._records.get(task_id)
         if row is None:
             return None
         if row[0] <= time.monotonic():
-            del self._records[task_id]
+            self._drop(task_id)
             return None
         return _record(row)
 
-    def _evict(self) -> None:
-        """Drop the oldest finished records above the cap; unfinished ones are never dropped."""
-        excess = len(self._records) - self._max
-        if excess <= 0:
+    def _put(self, task_id: str, row: _Row) -> None:
+        old = self._records.get(task_id)
+        if old is not None:
+            self._forget_size(old)
+        self._records[task_id] = row  # an existing key keeps its place (submission order)
+        self._bytes += row[_SIZE]
+        if row[_STATUS] not in _FINISHED:
+            self._unfinished_bytes += row[_SIZE]
+
+    def _drop(self, task_id: str) -> None:
+        self._forget_size(self._records.pop(task_id))
+
+    def _forget_size(self, row: _Row) -> None:
+        self._bytes -= row[_SIZE]
+        if row[_STATUS] not in _FINISHED:
+            self._unfinished_bytes -= row[_SIZE]
+
+    def _evict(self, *, keep: str) -> None:
+        """Drop the oldest finished (or expired) records while over either cap, never an
+        unfinished one, nor `keep` (the record just written: its reader is about to come)."""
+        count, size = len(self._records), self._bytes
+        if count <= self._max and size <= self._max_bytes:
             return
         now = time.monotonic()
         doomed = []
         for task_id, row in self._records.items():
-            if row[_STATUS] in _FINISHED or row[0] <= now:
+            if count <= self._max and size <= self._max_bytes:
+                break
+            if task_id != keep and (row[_STATUS] in _FINISHED or row[0] <= now):
                 doomed.append(task_id)
-                if len(doomed) >= excess:
-                    break
+                count -= 1
+                size -= row[_SIZE]
         for task_id in doomed:
-            del self._records[task_id]
+            self._drop(task_id)
 
 
-#: (expires_at, task_id, name, status, executor, queue, args, kwargs, result, error, attempts,
-#: progress, submitted_at, started_at, finished_at, worker, cancel_requested): args a tuple,
+#: (expires_at, args_size, size, task_id, name, status, executor, queue, args, kwargs, result,
+#: error, attempts, progress, submitted_at, started_at, finished_at, worker, cancel_requested):
+#: args_size the charge for args and kwargs (_charge), size the whole row's; args a tuple,
 #: kwargs a tuple of its items, error and progress tuples of their fields, status the plain
 #: str. The GC untracks a tuple only when no item is a container other than an untracked
 #: tuple: a dict (even an untracked one) or an enum member would keep the row tracked.
 _Row = tuple[Any, ...]
-_NAME = 2
-_STATUS = 3
+_ARGS_SIZE = 1
+_SIZE = 2
+_NAME = 4
+_STATUS = 5
+_ARGS = 8
+_KWARGS = 9
 _STATUSES = {status.value: status for status in TaskStatus}
 _FINISHED = frozenset(status.value for status in FINISHED_STATUSES)
 
 
-def _row(record: TaskResult, expires_at: float) -> _Row:
+def _charge(args: Sequence[Any], kwargs: dict[str, Any]) -> int:
+    """What a record's arguments cost the budget: their JSON size plus ROW_OVERHEAD."""
+    return ROW_OVERHEAD + _size([args, kwargs])
+
+
+def _size(value: Any) -> int:
+    try:
+        return json_size(value)
+    except (TypeError, ValueError, RecursionError):
+        # submit() and execute() store only checked JSON; a record built by hand may hold
+        # anything, and the store never refused that.
+        return len(repr(value))
+
+
+def _row(
+    record: TaskResult,
+    expires_at: float,
+    previous: _Row | None = None,
+    *,
+    charge: int | None = None,
+) -> _Row:
+    """The row of record; `previous` (the stored row of the same arguments) lends its args
+    tuples and their charge, or `charge` is that charge, already measured."""
     error, progress = record.error, record.progress
+    if previous is None:
+        args, kwargs = tuple(record.args), tuple(record.kwargs.items())
+        args_size = _charge(record.args, record.kwargs) if charge is None else charge
+    else:
+        args, kwargs, args_size = previous[_ARGS], previous[_KWARGS], previous[_ARGS_SIZE]
+    size = args_size
+    if record.result is not None:
+        size += _size(record.result)
+    if error is not None:
+        size += len(error.type) + len(error.message) + len(error.traceback)
+    if progress is not None:
+        size += len(progress.message)
     return (
         expires_at,
+        args_size,
+        size,
         record.task_id,
         record.name,
         record.status.value,
         record.executor,
         record.queue,
-        tuple(record.args),
-        tuple(record.kwargs.items()),
+        args,
+        kwargs,
         record.result,
         None if error is None else (error.type, error.message, error.traceback),
         record.attempts,
@@ -216,6 +322,8 @@ def _row(record: TaskResult, expires_at: float) -> _Row:
 
 def _record(row: _Row) -> TaskResult:
     (
+        _,
+        _,
         _,
         task_id,
         name,

@@ -119,6 +119,12 @@ _CAS_SHA = hashlib.sha1(_CAS.encode()).hexdigest()
 
 #: Records whose JSON a store remembers (see RedisStore._known): a process has few in flight.
 _KNOWN_MAX = 256
+#: ... and their JSON's total length: each entry holds the record and its JSON, so the cache
+#: takes about twice this (a 20 MB audio record would otherwise pin 40 MB per entry).
+_KNOWN_MAX_BYTES = 8 * 1_048_576
+#: A record whose JSON is longer is not remembered at all: encoding it again for a CAS hint
+#: costs little next to moving it to Redis, and it would crowd out every small one.
+_KNOWN_ENTRY_MAX = 64 * 1024
 
 #: One encoder for every record: json.dumps(separators=...) would build a new one per call.
 _ENCODER = json.JSONEncoder(separators=(",", ":"))
@@ -156,6 +162,7 @@ class RedisStore:
         # that record (the worker passes what it just read or wrote) needs no encoding again.
         # Identity, not equality, and only ever a hint: a stale JSON just loses the CAS.
         self._known: OrderedDict[str, tuple[TaskResult, str]] = OrderedDict()
+        self._known_bytes = 0  # sum of the remembered JSONs' lengths
         # Held for dict operations only, never across an await: any loop may use the store.
         self._known_lock = threading.Lock()
 
@@ -375,10 +382,16 @@ class RedisStore:
 
     def _remember(self, record: TaskResult, raw: str) -> None:
         with self._known_lock:
+            old = self._known.pop(record.task_id, None)
+            if old is not None:
+                self._known_bytes -= len(old[1])
+            if len(raw) > _KNOWN_ENTRY_MAX:
+                return  # and the stale entry went: its JSON no longer matches anyway
             self._known[record.task_id] = (record, raw)
-            self._known.move_to_end(record.task_id)
-            if len(self._known) > _KNOWN_MAX:
-                self._known.popitem(last=False)
+            self._known_bytes += len(raw)
+            while len(self._known) > _KNOWN_MAX or self._known_bytes > _KNOWN_MAX_BYTES:
+                _, (_, dropped) = self._known.popitem(last=False)
+                self._known_bytes -= len(dropped)
 
     def _json_of(self, record: TaskResult) -> str:
         with self._known_lock:
