@@ -52,14 +52,18 @@ class WorkerSnapshot:
         return self.broker_up and self.workers_fresh
 
     def live(self, now: float) -> tuple[WorkerInfo, ...]:
-        cutoff = now - self.liveness
-        gone = now - self.disconnect_grace
-        return tuple(
-            worker
-            for worker in self.workers
-            if worker.last_seen > cutoff
-            and not (worker.connected is False and worker.last_seen <= gone)
-        )
+        return tuple(worker for worker in self.workers if self.is_live(worker, now))
+
+    def is_live(self, worker: WorkerInfo, now: float) -> bool:
+        """The liveness rule (monitor.py); recovery asks it too."""
+        return worker.last_seen > self.cutoff(worker.connected, now)
+
+    def cutoff(self, connected: bool | None, now: float) -> float:
+        """A worker whose last beat is at or before this is dead: the heartbeat window, or
+        the (shorter) grace once its heartbeat connection was seen closed."""
+        if connected is False:
+            return now - min(self.disconnect_grace, self.liveness)
+        return now - self.liveness
 
     def live_workers(self, queue: str, now: float) -> int:
         return sum(1 for worker in self.live(now) if queue in worker.queues)
