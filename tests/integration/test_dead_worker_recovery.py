@@ -30,6 +30,7 @@ from app.workers.celery_app import TasklaneCelery, create_celery_app
 from app.workers.transport import HOLDER_OPTION, HOLDERS_KEY_OPTION, TRANSPORT_PATH
 from tests.integration.test_celery_worker import FINISHED, Records
 from tests.support.celery_processes import CeleryWorker
+from tests.support.processes import RedisServer
 
 pytestmark = pytest.mark.integration
 
@@ -220,6 +221,48 @@ def test_a_worker_whose_connections_drop_is_not_taken_for_dead(
     ]
     assert recovered() == before
     assert not client.exists(KEYS.worker_evicted(worker.hostname))
+
+
+def test_a_worker_is_not_taken_for_dead_across_a_redis_restart(tmp_path: Path) -> None:
+    """Redis restarted (data kept) for longer than the heartbeat window: every connection
+    closed and every beat is stale, yet nothing is restored: the monitor forgets connections
+    seen on the previous server run, and no beat is judged older than the server's start."""
+    server = RedisServer()
+    server.start()
+    records = Records(server.url)
+    client = records.client
+    sender = create_celery_app(Settings(celery_broker_url=server.url, redis_url=server.url))
+    tasks = [records.create("celery_sleep_terminable", [8.0], "heavy") for _ in range(2)]
+    before = recovered()
+    try:
+        with (
+            CeleryWorker(
+                server.url, log_path=tmp_path / "restart.log", heartbeat_interval=HEARTBEAT
+            ) as worker,
+            running_monitor(server.url) as monitor,
+        ):
+            wait_until(
+                lambda: any(w.connected for w in monitor.snapshot.workers), 10, "connection seen"
+            )
+            for record in tasks:
+                sender.send_task(
+                    record.name, args=record.args, queue="heavy", task_id=record.task_id
+                )
+            wait_until(lambda: len(holders(client)) == 2, 20, "both messages held")
+            server.stop(keep_data=True)
+            time.sleep(3 * HEARTBEAT + 1)  # longer than the window
+            server.start()
+            finished = records.wait([r.task_id for r in tasks], FINISHED, worker, timeout=30)
+            assert not client.exists(KEYS.worker_evicted(worker.hostname))
+    finally:
+        records.client.close()
+        sender.close()
+        server.cleanup()
+
+    assert [(r.status, r.attempts) for r in finished] == [(TaskStatus.SUCCESS, 1)] * 2, [
+        r.error for r in finished
+    ]
+    assert recovered() == before
 
 
 def test_a_restored_message_is_what_kombus_own_restore_writes(redis_url: str) -> None:
