@@ -159,6 +159,59 @@ def test_two_monitors_racing_restore_each_message_of_a_killed_worker_once(
             assert client.get(f"race:runs:{record.task_id}") == "1"
 
 
+def test_with_no_api_a_live_workers_heartbeat_restores_a_dead_peers_messages(
+    redis_url: str, records: Records, sender: TasklaneCelery, tmp_path: Path
+) -> None:
+    """No monitor anywhere (TASKLANE_EXECUTOR=celery, or no api): a live worker's heartbeat
+    restores the dead peer's messages once its heartbeat window passes."""
+    client = records.client
+    tasks = [records.create("celery_effect_unsafe", ["peer", 60.0], "heavy") for _ in range(2)]
+    with CeleryWorker(
+        redis_url, log_path=tmp_path / "peer.log", heartbeat_interval=HEARTBEAT, queues=["light"]
+    ) as survivor:
+        with CeleryWorker(
+            redis_url, log_path=tmp_path / "doomed.log", heartbeat_interval=HEARTBEAT
+        ) as doomed:
+            for record in tasks:
+                sender.send_task(
+                    record.name, args=record.args, queue="heavy", task_id=record.task_id
+                )
+            wait_until(lambda: len(holders(client)) == 2, 20, "both messages held")
+            doomed.kill()
+        # The survivor consumes only `light`: the restored messages wait in `heavy`.
+        wait_until(lambda: client.llen("heavy") == 2, 20, "restored by the survivor")
+        assert holders(client) == {}
+        assert client.hlen(UNACKED) == 0
+        assert "restored 2 unacknowledged messages of dead worker" in survivor.log()
+
+
+def test_a_worker_restarted_under_the_same_name_restores_its_predecessors_messages(
+    redis_url: str, records: Records, sender: TasklaneCelery, tmp_path: Path
+) -> None:
+    client = records.client
+    tasks = [records.create("celery_effect_once", ["again", 1.0], "heavy") for _ in range(2)]
+    with CeleryWorker(
+        redis_url,
+        log_path=tmp_path / "first.log",
+        heartbeat_interval=30.0,  # nobody would call it dead for a long while
+        hostname="pod-0@tasklane",
+    ) as first:
+        for record in tasks:
+            sender.send_task(record.name, args=record.args, queue="heavy", task_id=record.task_id)
+        wait_until(lambda: len(holders(client)) == 2, 20, "both messages held")
+        first.kill()
+    with CeleryWorker(
+        redis_url,
+        log_path=tmp_path / "second.log",
+        heartbeat_interval=30.0,
+        hostname="pod-0@tasklane",
+    ) as second:
+        finished = records.wait([r.task_id for r in tasks], FINISHED, second, timeout=20)
+        assert "restored 2 unacknowledged messages of the previous worker" in second.log()
+    assert [r.status for r in finished] == [TaskStatus.SUCCESS] * 2
+    assert client.get("again:effects") == "2"
+
+
 def test_a_live_workers_messages_are_never_restored(
     redis_url: str, records: Records, sender: TasklaneCelery, tmp_path: Path
 ) -> None:
