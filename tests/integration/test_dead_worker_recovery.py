@@ -111,6 +111,8 @@ def test_two_monitors_racing_restore_each_message_of_a_killed_worker_once(
             sender.send_task(record.name, args=record.args, queue="heavy", task_id=record.task_id)
         # Concurrency 2: two run, the third waits in the queue (never held by the worker).
         wait_until(lambda: len(holders(client)) == 2, 20, "two messages held")
+        running = [f"race:runs:{r.task_id}" for r in tasks]
+        wait_until(lambda: client.exists(*running) == 2, 20, "two bodies running")
         assert set(holders(client).values()) == {doomed.hostname}
         held = set(holders(client))
         assert client.llen("heavy") == 1
