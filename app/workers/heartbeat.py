@@ -12,8 +12,9 @@ it (a warm shutdown keeps beating while running tasks finish), then its entries 
 Recovery (app/core/tasks/recovery.py), when the broker is the store's Redis: the bootstep
 selects app.workers.transport for the consumer (it records which worker holds each
 unacknowledged message); at start the thread puts back what a previous incarnation under this
-hostname still held; each beat restores the messages of workers dead by the heartbeat window
-(so recovery happens with no hybrid api running), and reads this worker's own fence: a worker
+hostname still held; a beat that purged a dead worker restores its messages (so recovery
+happens with no hybrid api running), as does every SWEEP_EVERY-th beat (a sweep that failed, a
+worker purged by an older version); each beat also reads this worker's own fence: a worker
 declared dead while it was only cut off from Redis says so in its log.
 """
 
@@ -42,6 +43,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("tasklane.worker.heartbeat")
 
 _REDIS_DOWN = (redis.RedisError, OSError)
+#: Beats between two unconditional recovery sweeps (each reads the whole holders hash, which
+#: every worker of a large pool doing every beat would make a steady load on Redis).
+SWEEP_EVERY = 12
 
 
 def _version() -> str:
@@ -80,6 +84,7 @@ class HeartbeatThread:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._failing = False
+        self._beats = 0
 
     def start(self) -> None:
         try:
@@ -111,7 +116,8 @@ class HeartbeatThread:
         try:
             evicted = presence.write_heartbeat(self.client, self.keys, self.info, self.interval)
             purged = presence.purge_dead(self.client, self.keys, self.interval)
-            if self.recovery is not None:
+            self._beats += 1
+            if self.recovery is not None and (purged or self._beats % SWEEP_EVERY == 0):
                 self.recovery.sweep(self.client, time.time())
         except _REDIS_DOWN as exc:
             if not self._failing:
