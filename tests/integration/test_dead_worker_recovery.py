@@ -23,7 +23,8 @@ from prometheus_client import REGISTRY
 from app.config import Settings
 from app.core.tasks.models import TaskStatus
 from app.core.tasks.monitor import WorkerMonitor
-from app.core.tasks.recovery import UNACKED, BrokerLayout, Recovery
+from app.core.tasks.recovery import Recovery
+from app.core.tasks.redelivery import UNACKED, BrokerLayout
 from app.core.tasks.worker_keys import WorkerKeys
 from app.core.tasks.worker_snapshot import WorkerSnapshot
 from app.workers.celery_app import TasklaneCelery, create_celery_app

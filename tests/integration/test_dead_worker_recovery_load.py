@@ -20,7 +20,7 @@ from prometheus_client import REGISTRY
 
 from app.config import Settings
 from app.core.tasks.models import TaskResult, TaskStatus
-from app.core.tasks.recovery import UNACKED
+from app.core.tasks.redelivery import UNACKED
 from app.workers.celery_app import MIN_VISIBILITY_TIMEOUT, create_celery_app
 from tests.integration.test_celery_worker import FINISHED, Records
 from tests.integration.test_dead_worker_recovery import KEYS, running_monitor, wait_until

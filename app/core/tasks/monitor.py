@@ -55,7 +55,8 @@ from redis.exceptions import RedisError
 from app.core.kubernetes.state import pod_matcher, runs_in
 from app.core.redis_client import LoopLocalRedis
 from app.core.tasks import metrics
-from app.core.tasks.recovery import BrokerLayout, Recovery
+from app.core.tasks.recovery import Recovery
+from app.core.tasks.redelivery import BrokerLayout
 from app.core.tasks.worker_keys import (
     LIVENESS_FACTOR,
     WorkerKeys,

@@ -35,7 +35,8 @@ Exactly once: one Lua script per dead worker moves each message from `unacked` t
 only while the holder entry still names that worker and the entry is byte for byte the one read;
 two api processes (or a worker's heartbeat) racing restore each message once, the loser finds
 nothing to move. The message goes back as kombu's own restore_by_tag would put it: flagged
-`redelivered`, RPUSHed to the consuming end of its queue list (or priority sub-list).
+`redelivered`, RPUSHed to the consuming end of its queue list or priority sub-list
+(redelivery.py).
 
 Who runs it: every api process's WorkerMonitor tick (hybrid executor; it sees closed heartbeat
 connections, so ~interval + 1 s + one tick after the kill), and every worker's heartbeat (the
@@ -46,17 +47,22 @@ global_keyprefix; otherwise only the visibility timeout applies (recovery_proble
 
 from __future__ import annotations
 
-import json
 import logging
-from bisect import bisect
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
-
-from kombu.utils.json import dumps
 
 from app.core.tasks import metrics
 from app.core.tasks.metrics import RecoveryReason
+from app.core.tasks.redelivery import (
+    BINDING_PREFIX,
+    UNACKED,
+    UNACKED_INDEX,
+    BrokerLayout,
+    Redelivery,
+    parse,
+    resolve,
+)
 from app.core.tasks.worker_keys import WorkerKeys
 from app.core.tasks.worker_snapshot import WorkerInfo, WorkerSnapshot
 
@@ -66,9 +72,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tasklane.recovery")
 
-#: kombu's Redis transport keys and defaults (kombu.transport.redis.Channel).
-UNACKED, UNACKED_INDEX, BINDING_PREFIX = "unacked", "unacked_index", "_kombu.binding."
-KOMBU_SEP, KOMBU_PRIORITY_STEPS = "\x06\x16", (0, 3, 6, 9)
 #: How long a fence stays readable for a worker that comes back (a day).
 FENCE_TTL = 86400
 
@@ -115,6 +118,7 @@ def recovery_problem(
     broker_url: str | None, store_url: str | None, transport_options: Mapping[str, Any]
 ) -> str | None:
     """Why a dead worker's messages cannot be restored early here (None: they can)."""
+    # Imported when asked: the wire module loads Celery, which the monitor's importers may not.
     from app.core.tasks.executors.wire import same_redis
 
     if not broker_url or not broker_url.startswith("redis://"):
@@ -137,70 +141,12 @@ def recovery_layout(
     return BrokerLayout.from_transport_options(transport_options)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class BrokerLayout:
-    """Where kombu's Redis transport keeps a queue's messages (its sep and priority steps)."""
-
-    sep: str = KOMBU_SEP
-    priority_steps: tuple[int, ...] = KOMBU_PRIORITY_STEPS
-
-    @classmethod
-    def from_transport_options(cls, options: Mapping[str, Any]) -> BrokerLayout:
-        return cls(
-            sep=options.get("sep", KOMBU_SEP),
-            priority_steps=tuple(options.get("priority_steps", KOMBU_PRIORITY_STEPS)),
-        )
-
-    def queue_list(self, queue: str, priority: int) -> str:
-        """kombu's Channel._q_for_pri: the base list for the lowest step, else a sub-list."""
-        step = self.priority_steps[bisect(self.priority_steps, priority) - 1]
-        return f"{queue}{self.sep}{step}" if step else queue
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class _Move:
-    tag: str
-    #: kombu's `unacked` entry as read ('' when gone: only the holder entry is dropped).
-    entry: str = ""
-    exchange: str = ""
-    routing_key: str = ""
-    #: The message as it goes back (flagged redelivered).
-    payload: str = ""
-    #: Its list ('' until resolved, or when no queue is bound: left to kombu).
-    destination: str = ""
-
-
 @dataclass(slots=True)
 class _Plan:
-    """What one sweep found: per dead host, its cutoff and its messages."""
+    """What one sweep found: per dead host, the cutoff its script re-checks and its messages."""
 
     cutoffs: dict[str, float | None] = field(default_factory=dict)
-    moves: dict[str, list[_Move]] = field(default_factory=dict)
-
-
-def _redelivered(entry: str) -> tuple[dict[str, Any], str, str] | None:
-    """kombu's unacked entry as (message flagged redelivered, exchange, routing key)."""
-    try:
-        message, exchange, routing_key = json.loads(entry)
-    except (ValueError, TypeError):
-        return None
-    if not isinstance(message, dict):
-        return None
-    # As kombu's _do_restore_message marks a restored message.
-    headers, properties = message.get("headers"), message.get("properties")
-    if isinstance(headers, dict):
-        headers["redelivered"] = True
-    if isinstance(properties, dict) and isinstance(properties.get("delivery_info"), dict):
-        properties["delivery_info"]["redelivered"] = True
-    return message, exchange or "", routing_key or ""
-
-
-def _priority(message: Mapping[str, Any]) -> int:
-    """kombu's _get_message_priority: properties.priority clamped to 0..9, else 0."""
-    try:
-        return max(min(int(message["properties"]["priority"]), 9), 0)
-    except (TypeError, ValueError, KeyError):
-        return 0
+    moves: dict[str, list[Redelivery]] = field(default_factory=dict)
 
 
 class Recovery:
@@ -326,24 +272,11 @@ class Recovery:
     ) -> _Plan:
         plan = _Plan(cutoffs=dict(dead), moves={host: [] for host in dead})
         for tag, entry in zip(self._tags(dead, holders), entries, strict=True):
-            host = holders[tag]
-            if entry is None:  # acked meanwhile, or a stale holder entry: the script drops it
-                plan.moves[host].append(_Move(tag=tag))
+            redelivery = parse(tag, entry)
+            if redelivery is None:
+                log.error("cannot read unacked message %s of %s; left to kombu", tag, holders[tag])
                 continue
-            parsed = _redelivered(entry)
-            if parsed is None:
-                log.error("cannot read unacked message %s of %s; left to kombu", tag, host)
-                continue
-            message, exchange, routing_key = parsed
-            plan.moves[host].append(
-                _Move(
-                    tag=tag,
-                    entry=entry,
-                    exchange=exchange,
-                    routing_key=routing_key,
-                    payload=dumps(message),
-                )
-            )
+            plan.moves[holders[tag]].append(redelivery)
         return plan
 
     @staticmethod
@@ -351,20 +284,12 @@ class Recovery:
         return {move.exchange for moves in plan.moves.values() for move in moves if move.exchange}
 
     def _bind(self, plan: _Plan, bindings: Mapping[str, set[str]]) -> None:
-        """Resolve each move's list as kombu's _lookup and _q_for_pri do for the anonymous and
-        direct exchanges tasklane uses: the routing key, or the queue bound under it."""
+        """Give each move its destination list (redelivery.resolve); drop what has none."""
         for host, moves in plan.moves.items():
             resolved = []
             for move in moves:
-                if not move.entry:
-                    resolved.append(move)
-                    continue
-                queue = (
-                    self._bound(bindings, move.exchange, move.routing_key)
-                    if move.exchange
-                    else move.routing_key
-                )
-                if not queue:
+                found = resolve(move, self.layout, bindings)
+                if found is None:
                     log.error(
                         "no queue bound to %s/%s for message %s of %s; left to kombu",
                         move.exchange,
@@ -373,18 +298,8 @@ class Recovery:
                         host,
                     )
                     continue
-                priority = _priority(json.loads(move.payload))
-                resolved.append(replace(move, destination=self.layout.queue_list(queue, priority)))
+                resolved.append(found)
             plan.moves[host] = resolved
-
-    def _bound(
-        self, bindings: Mapping[str, set[str]], exchange: str, routing_key: str
-    ) -> str | None:
-        for member in sorted(bindings.get(exchange, ())):
-            parts = member.split(self.layout.sep)
-            if len(parts) == 3 and parts[0] == routing_key:
-                return parts[2]
-        return None
 
     def _bindings_sync(self, client: redis.Redis, exchanges: set[str]) -> dict[str, set[str]]:
         return {exchange: set(client.smembers(BINDING_PREFIX + exchange)) for exchange in exchanges}
