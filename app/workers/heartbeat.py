@@ -31,7 +31,7 @@ import redis
 from celery import bootsteps
 
 from app.core.tasks.recovery import Recovery, recovery_layout
-from app.core.tasks.worker_keys import LIVENESS_FACTOR, WorkerKeys, heartbeat_client_name
+from app.core.tasks.worker_keys import WorkerKeys, heartbeat_client_name
 from app.core.tasks.worker_snapshot import WorkerSnapshot
 from app.workers import presence
 from app.workers.presence import WorkerInfo
@@ -204,6 +204,5 @@ def _recovery(worker: WorkController, keys: WorkerKeys, interval: float) -> Reco
         HOLDER_OPTION: worker.hostname,
         HOLDERS_KEY_OPTION: keys.unacked_holders,
     }
-    # The window alone (no CLIENT LIST here): the rule of WorkerMonitor without connections.
-    rule = WorkerSnapshot(liveness=LIVENESS_FACTOR * interval, disconnect_grace=interval + 1.0)
-    return Recovery(keys, rule, layout)
+    # The monitor's rule; with no CLIENT LIST read here, the heartbeat window decides.
+    return Recovery(keys, WorkerSnapshot.rule_for(interval), layout)

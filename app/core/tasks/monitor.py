@@ -58,7 +58,6 @@ from app.core.tasks import metrics
 from app.core.tasks.recovery import Recovery
 from app.core.tasks.redelivery import BrokerLayout
 from app.core.tasks.worker_keys import (
-    LIVENESS_FACTOR,
     WorkerKeys,
     heartbeat_client_name,
     queue_lists,
@@ -106,9 +105,10 @@ class WorkerMonitor:
         self.kubernetes = kubernetes
         # Tells that Deployment's pods (celery@<deployment>-<hash>-<id>) from other workers.
         self._pods = pod_matcher(kubernetes.view.deployment_name) if kubernetes else None
-        self.liveness = LIVENESS_FACTOR * heartbeat_interval
+        rule = WorkerSnapshot.rule_for(heartbeat_interval)
+        self.liveness = rule.liveness
         #: A closed heartbeat connection means dead once the beat is this old (next beat + 1 s).
-        self.disconnect_grace = min(heartbeat_interval + 1.0, self.liveness)
+        self.disconnect_grace = rule.disconnect_grace
         #: Workers whose heartbeat connection CLIENT LIST has shown (so its absence means
         #: something: never seen, e.g. behind a proxy, proves nothing).
         self._connections_seen: set[str] = set()
@@ -120,9 +120,7 @@ class WorkerMonitor:
         self.watched: set[str] = set(queues)
         #: Completed refreshes (successful or not), for tests and diagnostics.
         self.refreshes = 0
-        self._snapshot = WorkerSnapshot(
-            liveness=self.liveness, disconnect_grace=self.disconnect_grace
-        )
+        self._snapshot = rule
         # No client-side retries: one failed read is one failed tick, the next tick retries.
         self._workers_redis = LoopLocalRedis(
             redis_url, connect_timeout=self.io_timeout, timeout=self.io_timeout, retries=0

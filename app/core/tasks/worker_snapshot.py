@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from app.core.tasks.worker_keys import LIVENESS_FACTOR
+
 _EMPTY: Mapping[str, int] = MappingProxyType({})
 
 
@@ -45,6 +47,14 @@ class WorkerSnapshot:
     liveness: float = 15.0
     #: Seconds after its last heartbeat that a worker whose connection closed stops counting.
     disconnect_grace: float = 6.0
+
+    @classmethod
+    def rule_for(cls, heartbeat_interval: float) -> WorkerSnapshot:
+        """An empty snapshot carrying the liveness rule of workers that beat every
+        `heartbeat_interval` s: the window is LIVENESS_FACTOR beats; a closed heartbeat
+        connection counts once the beat is older than the next beat plus a second."""
+        liveness = LIVENESS_FACTOR * heartbeat_interval
+        return cls(liveness=liveness, disconnect_grace=min(heartbeat_interval + 1.0, liveness))
 
     @property
     def healthy(self) -> bool:
