@@ -44,9 +44,14 @@ def recovered() -> float:
     return REGISTRY.get_sample_value("tasklane_recovered_total", {"reason": "worker_dead"}) or 0.0
 
 
-def monitor_for(redis_url: str, heartbeat_interval: float = HEARTBEAT) -> WorkerMonitor:
+def monitor_for(
+    redis_url: str, heartbeat_interval: float = HEARTBEAT, interval: float = 0.2
+) -> WorkerMonitor:
     return WorkerMonitor(
-        redis_url, heartbeat_interval=heartbeat_interval, interval=0.2, recovery=BrokerLayout()
+        redis_url,
+        heartbeat_interval=heartbeat_interval,
+        interval=interval,
+        recovery=BrokerLayout(),
     )
 
 
@@ -59,10 +64,10 @@ def wait_until(predicate: Callable[[], bool], within: float, what: str) -> None:
 
 @contextlib.contextmanager
 def running_monitor(
-    redis_url: str, heartbeat_interval: float = HEARTBEAT
+    redis_url: str, heartbeat_interval: float = HEARTBEAT, interval: float = 0.2
 ) -> Iterator[WorkerMonitor]:
     """A WorkerMonitor with recovery polling on its own loop thread, as in an api process."""
-    monitor = monitor_for(redis_url, heartbeat_interval)
+    monitor = monitor_for(redis_url, heartbeat_interval, interval)
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()

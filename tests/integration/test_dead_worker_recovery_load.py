@@ -3,6 +3,7 @@ times (an OOM-killed pod, a new one started after each), the DEFAULT visibility 
 hour): every record is terminal within 30 s of the last kill, each idempotent side effect is
 applied exactly once, and no non-idempotent task runs twice (those interrupted end FAILURE
 `Interrupted`). Without recovery the killed workers' messages would wait an hour in `unacked`.
+Heartbeat and monitor intervals are the defaults too (5 s, 2 s).
 
 Real redis-server, real prefork `celery worker` processes, a WorkerMonitor with recovery in
 the test process (an api's).
@@ -20,6 +21,7 @@ from prometheus_client import REGISTRY
 
 from app.config import Settings
 from app.core.tasks.models import TaskResult, TaskStatus
+from app.core.tasks.monitor import WorkerMonitor
 from app.core.tasks.redelivery import UNACKED
 from app.workers.celery_app import MIN_VISIBILITY_TIMEOUT, create_celery_app
 from tests.integration.test_celery_worker import FINISHED, Records
@@ -31,6 +33,9 @@ pytestmark = pytest.mark.integration
 TASKS, SECONDS, KILLS, CONCURRENCY = 200, 0.5, 3, 4
 #: The issue's bound, from the last kill to every record terminal.
 TERMINAL_WITHIN = 30.0
+#: Heartbeat and monitor intervals as shipped (5 s, 2 s), whatever the environment says.
+HEARTBEAT = Settings.model_fields["worker_heartbeat_interval"].default
+MONITOR_INTERVAL = Settings.model_fields["monitor_interval"].default
 
 
 def recovered() -> float:
@@ -56,11 +61,13 @@ def test_three_killed_workers_lose_no_task_and_run_no_side_effect_twice(
             redis_url,
             log_path=tmp_path / f"{name}.log",
             concurrency=CONCURRENCY,
-            heartbeat_interval=2.0,
+            heartbeat_interval=HEARTBEAT,
         )
 
     with contextlib.ExitStack() as stack:
-        stack.enter_context(running_monitor(redis_url, heartbeat_interval=2.0))
+        monitor = stack.enter_context(
+            running_monitor(redis_url, heartbeat_interval=HEARTBEAT, interval=MONITOR_INTERVAL)
+        )
         stable = stack.enter_context(worker("stable"))
         doomed = stack.enter_context(worker("doomed-0"))
         # The default visibility timeout: an hour before kombu would hand anything out again.
@@ -71,8 +78,11 @@ def test_three_killed_workers_lose_no_task_and_run_no_side_effect_twice(
 
         killed: list[str] = []
         for kill in range(KILLS):
-            # Kill it mid-work: holding messages, some of them running.
+            # Kill it mid-work (holding messages, some of them running), once the api has seen
+            # its heartbeat connection, as for a pod that was up for more than a monitor tick
+            # (one killed sooner is noticed by its 15 s heartbeat window instead).
             wait_until(lambda w=doomed: held_by(client, w.hostname) >= 2, 60, "doomed working")
+            wait_until(lambda w=doomed: seen(monitor, w.hostname), 30, "connection seen")
             time.sleep(SECONDS / 2)
             doomed.kill()
             last_kill = time.monotonic()
@@ -108,6 +118,10 @@ def test_three_killed_workers_lose_no_task_and_run_no_side_effect_twice(
     print(f"terminal {elapsed:.1f} s after the last kill; {interrupted} interrupted")
     records.client.close()
     sender.close()
+
+
+def seen(monitor: WorkerMonitor, hostname: str) -> bool:
+    return any(w.hostname == hostname and w.connected for w in monitor.snapshot.workers)
 
 
 def held_by(client: redis.Redis, hostname: str) -> int:
