@@ -402,3 +402,15 @@ def test_a_late_ack_of_a_fenced_worker_leaves_the_new_holders_message(redis_url:
         assert holders(client) == {}
         assert client.hlen(UNACKED) == 0
     client.close()
+
+
+def test_a_fenced_worker_that_reaches_redis_again_says_so(
+    redis_url: str, records: Records, tmp_path: Path
+) -> None:
+    client = records.client
+    with CeleryWorker(
+        redis_url, log_path=tmp_path / "fenced.log", heartbeat_interval=HEARTBEAT
+    ) as worker:
+        client.set(KEYS.worker_evicted(worker.hostname), "1764700000.0")  # as the script does
+        wait_until(lambda: "this worker was declared dead" in worker.log(), 10, "fence read")
+        assert not client.exists(KEYS.worker_evicted(worker.hostname))  # read once
