@@ -8,6 +8,14 @@ keeps running its tasks and the heartbeat resumes by itself when Redis answers a
 
 Started before the consumer (so the worker is announced before it takes a task), stopped after
 it (a warm shutdown keeps beating while running tasks finish), then its entries are removed.
+
+Recovery (app/core/tasks/recovery.py), when the broker is the store's Redis: the bootstep
+selects app.workers.transport for the consumer (it records which worker holds each
+unacknowledged message); at start the thread puts back what a previous incarnation under this
+hostname still held; a beat that purged a dead worker restores its messages (so recovery
+happens with no hybrid api running), as does every SWEEP_EVERY-th beat (a sweep that failed, a
+worker purged by an older version); each beat also reads this worker's own fence: a worker
+declared dead while it was only cut off from Redis says so in its log.
 """
 
 from __future__ import annotations
@@ -22,9 +30,12 @@ from typing import TYPE_CHECKING
 import redis
 from celery import bootsteps
 
+from app.core.tasks.recovery import Recovery, recovery_layout
 from app.core.tasks.worker_keys import WorkerKeys, heartbeat_client_name
+from app.core.tasks.worker_snapshot import WorkerSnapshot
 from app.workers import presence
 from app.workers.presence import WorkerInfo
+from app.workers.transport import HOLDER_OPTION, HOLDERS_KEY_OPTION, TRANSPORT_PATH
 
 if TYPE_CHECKING:
     from celery.worker import WorkController
@@ -32,6 +43,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("tasklane.worker.heartbeat")
 
 _REDIS_DOWN = (redis.RedisError, OSError)
+#: Beats between two unconditional recovery sweeps (each reads the whole holders hash, which
+#: every worker of a large pool doing every beat would make a steady load on Redis).
+SWEEP_EVERY = 12
 
 
 def _version() -> str:
@@ -44,10 +58,19 @@ def _version() -> str:
 class HeartbeatThread:
     """Beats on a daemon thread with its own sync client; start() beats once first."""
 
-    def __init__(self, url: str, keys: WorkerKeys, info: WorkerInfo, interval: float) -> None:
+    def __init__(
+        self,
+        url: str,
+        keys: WorkerKeys,
+        info: WorkerInfo,
+        interval: float,
+        recovery: Recovery | None = None,
+    ) -> None:
         self.keys = keys
         self.info = info
         self.interval = interval
+        #: Restores dead workers' messages (None: the broker is elsewhere, see recovery.py).
+        self.recovery = recovery
         # Short socket timeouts: a beat must not hang much longer than its own interval.
         timeout = max(1.0, min(5.0, interval))
         self.client = redis.Redis.from_url(
@@ -61,6 +84,7 @@ class HeartbeatThread:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._failing = False
+        self._beats = 0
 
     def start(self) -> None:
         try:
@@ -73,6 +97,12 @@ class HeartbeatThread:
                 )
         except _REDIS_DOWN as exc:
             log.warning("could not clear stale active entries: %s", exc)
+        if self.recovery is not None:
+            try:
+                # Before the consumer starts: whatever is held under this name is not ours.
+                self.recovery.restore_own(self.client, self.info.hostname, time.time())
+            except _REDIS_DOWN as exc:
+                log.warning("could not restore a previous incarnation's messages: %s", exc)
         self.beat()
         self._thread = threading.Thread(target=self._run, name="tasklane-heartbeat", daemon=True)
         self._thread.start()
@@ -84,8 +114,11 @@ class HeartbeatThread:
     def beat(self) -> None:
         """Write one heartbeat and purge dead workers; never raises."""
         try:
-            presence.write_heartbeat(self.client, self.keys, self.info, self.interval)
+            evicted = presence.write_heartbeat(self.client, self.keys, self.info, self.interval)
             purged = presence.purge_dead(self.client, self.keys, self.interval)
+            self._beats += 1
+            if self.recovery is not None and (purged or self._beats % SWEEP_EVERY == 0):
+                self.recovery.sweep(self.client, time.time())
         except _REDIS_DOWN as exc:
             if not self._failing:
                 log.warning(
@@ -104,6 +137,14 @@ class HeartbeatThread:
             self._failing = False
         for hostname in purged:
             log.warning("purged dead worker %s and its active entries", hostname)
+        if evicted is not None:
+            log.error(
+                "this worker was declared dead at %s (cut off from Redis too long): its "
+                "unacknowledged messages went to other workers; tasks they took over refuse "
+                "this worker's late outcomes",
+                evicted,
+                extra={"worker": self.info.hostname},
+            )
 
     def stop(self) -> None:
         """Stop beating and remove this worker's entries at once."""
@@ -141,6 +182,27 @@ class Heartbeat(bootsteps.StartStopStep):
             version=_version(),
             started=time.time(),
         )
+        keys = WorkerKeys(settings.key_prefix)
+        interval = settings.worker_heartbeat_interval
         return HeartbeatThread(
-            url, WorkerKeys(settings.key_prefix), info, settings.worker_heartbeat_interval
+            url, keys, info, interval, recovery=_recovery(worker, keys, interval)
         )
+
+
+def _recovery(worker: WorkController, keys: WorkerKeys, interval: float) -> Recovery | None:
+    """Select the holder-recording transport for this worker's consumer (its connection is
+    made after this bootstep is created) and build its Recovery; None when recovery cannot
+    run here (recovery.recovery_problem) or another transport was configured."""
+    conf = worker.app.conf
+    options = dict(conf.broker_transport_options or {})
+    layout = recovery_layout(conf.broker_url, worker.app.tasklane_settings.store_redis_url, options)
+    if layout is None or conf.broker_transport not in (None, TRANSPORT_PATH):
+        return None
+    conf.broker_transport = TRANSPORT_PATH
+    conf.broker_transport_options = {
+        **options,
+        HOLDER_OPTION: worker.hostname,
+        HOLDERS_KEY_OPTION: keys.unacked_holders,
+    }
+    # The monitor's rule; with no CLIENT LIST read here, the heartbeat window decides.
+    return Recovery(keys, WorkerSnapshot.rule_for(interval), layout)

@@ -64,14 +64,19 @@ class WorkerInfo:
 
 def write_heartbeat(
     client: redis.Redis, keys: WorkerKeys, info: WorkerInfo, interval: float
-) -> None:
-    """Announce `info.hostname` as live now, with its queues and concurrency."""
+) -> str | None:
+    """Announce `info.hostname` as live now, with its queues and concurrency; returns (and
+    clears) its fence: when recovery declared it dead meanwhile (app/core/tasks/recovery.py)."""
     ttl = max(1, round(HASH_TTL_FACTOR * interval))
+    fence = keys.worker_evicted(info.hostname)
     with client.pipeline(transaction=True) as pipe:
         pipe.zadd(keys.workers, {info.hostname: time.time()})
         pipe.hset(keys.worker(info.hostname), mapping=info.as_hash())
         pipe.expire(keys.worker(info.hostname), ttl)
-        pipe.execute()
+        pipe.get(fence)
+        pipe.delete(fence)
+        evicted = pipe.execute()[3]
+    return evicted
 
 
 def forget_worker(client: redis.Redis, keys: WorkerKeys, hostname: str) -> None:

@@ -14,7 +14,7 @@ import redis
 from prometheus_client import REGISTRY
 
 from app.core.tasks.monitor import WorkerMonitor
-from app.core.tasks.worker_keys import WorkerKeys, queue_lists
+from app.core.tasks.worker_keys import WorkerKeys, heartbeat_client_name, queue_lists
 from tests.support.processes import RedisServer
 
 PREFIX = "test:"
@@ -306,3 +306,33 @@ async def test_queue_lengths_come_from_the_broker_redis_when_it_is_another_one(
         await watcher.stop()
     finally:
         broker.cleanup()
+
+
+@pytest.mark.asyncio
+async def test_a_redis_restart_voids_the_closed_connections_seen_before_it(
+    redis_server: RedisServer, redis_url: str
+) -> None:
+    """Every connection closes when Redis restarts: that proves nothing about a worker, so a
+    worker whose beat is past the closed-connection grace (but inside its window) stays live
+    until its connection is seen again or its window ends."""
+    watcher = WorkerMonitor(redis_url, prefix=PREFIX, heartbeat_interval=5.0, interval=1.0)
+    heartbeat = redis.Redis.from_url(
+        redis_url, decode_responses=True, client_name=heartbeat_client_name("w1")
+    )
+    try:
+        beat(heartbeat, "w1", at=time.time() - 7)  # past the 6 s grace, inside the 15 s window
+        await watcher.refresh()
+        assert [w.connected for w in watcher.snapshot.workers] == [True]
+        assert watcher.can_serve("heavy")
+
+        redis_server.stop(keep_data=True)  # the heartbeat connection closes with it
+        redis_server.start()
+        # The first read finds its connection gone (no client retries); the next reads again.
+        fresh = [(await watcher.refresh()).workers_fresh for _ in range(3)]
+        assert fresh[-1], fresh
+
+        assert [w.connected for w in watcher.snapshot.workers] == [None]
+        assert watcher.can_serve("heavy")
+    finally:
+        heartbeat.close()
+        await watcher.stop()

@@ -67,6 +67,7 @@ def build_executor(
     from app.core.tasks.executors.celery import CeleryExecutor
     from app.core.tasks.executors.hybrid import HybridExecutor
     from app.core.tasks.monitor import WorkerMonitor
+    from app.core.tasks.recovery import recovery_layout
     from app.workers import celery_app as workers
 
     # The module's app is configured from the environment; settings passed in explicitly
@@ -100,6 +101,10 @@ def build_executor(
         queues=queues.queues(registry),
         # In a cluster: the worker Deployment and its ScaledObject (TASKLANE_KUBERNETES).
         kubernetes=watcher_from_settings(settings),
+        # Dead workers' unacknowledged messages back to their queues (recovery.py).
+        recovery=recovery_layout(
+            broker, settings.store_redis_url, celery_app.conf.broker_transport_options or {}
+        ),
     )
     return HybridExecutor(
         background,

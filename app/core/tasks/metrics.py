@@ -21,6 +21,8 @@ from prometheus_client import Counter, Gauge, Histogram
 
 #: Why the hybrid executor ran a task somewhere else than its first choice.
 FallbackReason = Literal["no_workers", "broker_down", "saturated", "deadline"]
+#: Why unacknowledged broker messages were put back on their queues (app/core/tasks/recovery.py).
+RecoveryReason = Literal["worker_dead", "worker_restarted"]
 
 #: Runtime buckets: sub-second notifications up to the 300 s audio analysis and beyond.
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
@@ -105,6 +107,14 @@ ROUTING_DECISIONS = Counter(
     ["task", "executor"],
 )
 
+RECOVERED = Counter(
+    "tasklane_recovered_total",
+    "Unacknowledged messages of a dead worker put back on their queues, by reason: "
+    "worker_dead (declared dead by the liveness rule), worker_restarted (a new process under "
+    "the same hostname found its previous incarnation's).",
+    ["reason"],
+)
+
 WORKERS_AVAILABLE = Gauge(
     "tasklane_workers_available",
     "Live Celery workers consuming the queue, from their heartbeats.",
@@ -150,3 +160,8 @@ def count_fallback(task: str, reason: FallbackReason) -> None:
 def count_routing(task: str, executor: str) -> None:
     """One hybrid routing decision."""
     ROUTING_DECISIONS.labels(task=task, executor=executor).inc()
+
+
+def count_recovered(reason: RecoveryReason, messages: int) -> None:
+    """`messages` messages of a dead worker went back to their queues, for `reason`."""
+    RECOVERED.labels(reason=reason).inc(messages)

@@ -23,6 +23,13 @@ vanishes without closing its sockets still falls back to the heartbeat window. B
 (or where CLIENT LIST is refused) names are never seen, and only the heartbeat window counts.
 A new worker is noticed within one monitor interval.
 Never uses Celery's control.ping(): a broadcast per question is what this replaces.
+A Redis restart closes every connection and so proves nothing about a worker: when the
+server's run_id changes, the connections seen before are forgotten (only the heartbeat window
+counts until each worker's connection is seen again).
+
+With `recovery` (a BrokerLayout, when the broker is the store's Redis), each tick also puts
+the unacknowledged messages of workers this rule declares dead back on their queues
+(app/core/tasks/recovery.py), off the request path.
 
 In a cluster, an optional KubeWatcher (app/core/kubernetes) adds what heartbeats cannot say in
 time: a worker Deployment held at zero (`kubectl scale --replicas=0`, or KEDA paused at 0) stops
@@ -48,8 +55,9 @@ from redis.exceptions import RedisError
 from app.core.kubernetes.state import pod_matcher, runs_in
 from app.core.redis_client import LoopLocalRedis
 from app.core.tasks import metrics
+from app.core.tasks.recovery import Recovery
+from app.core.tasks.redelivery import BrokerLayout
 from app.core.tasks.worker_keys import (
-    LIVENESS_FACTOR,
     WorkerKeys,
     heartbeat_client_name,
     queue_lists,
@@ -83,6 +91,7 @@ class WorkerMonitor:
         queues: Iterable[str] = ("light", "heavy"),
         broker_url: str | None = None,
         kubernetes: KubeWatcher | None = None,
+        recovery: BrokerLayout | None = None,
     ) -> None:
         self.redis_url = redis_url
         #: Where the queue lists live, when not in the same Redis as the worker keys.
@@ -96,21 +105,22 @@ class WorkerMonitor:
         self.kubernetes = kubernetes
         # Tells that Deployment's pods (celery@<deployment>-<hash>-<id>) from other workers.
         self._pods = pod_matcher(kubernetes.view.deployment_name) if kubernetes else None
-        self.liveness = LIVENESS_FACTOR * heartbeat_interval
+        rule = WorkerSnapshot.rule_for(heartbeat_interval)
+        self.liveness = rule.liveness
         #: A closed heartbeat connection means dead once the beat is this old (next beat + 1 s).
-        self.disconnect_grace = min(heartbeat_interval + 1.0, self.liveness)
+        self.disconnect_grace = rule.disconnect_grace
         #: Workers whose heartbeat connection CLIENT LIST has shown (so its absence means
         #: something: never seen, e.g. behind a proxy, proves nothing).
         self._connections_seen: set[str] = set()
+        #: The Redis server run those connections were seen on.
+        self._run_id: str | None = None
         # One read must not outlast the next tick, nor hang on a black-holed host.
         self.io_timeout = min(max(interval, 0.5), max(heartbeat_interval, 0.5))
         #: Queues measured on every tick; queues that workers report are added as seen.
         self.watched: set[str] = set(queues)
         #: Completed refreshes (successful or not), for tests and diagnostics.
         self.refreshes = 0
-        self._snapshot = WorkerSnapshot(
-            liveness=self.liveness, disconnect_grace=self.disconnect_grace
-        )
+        self._snapshot = rule
         # No client-side retries: one failed read is one failed tick, the next tick retries.
         self._workers_redis = LoopLocalRedis(
             redis_url, connect_timeout=self.io_timeout, timeout=self.io_timeout, retries=0
@@ -123,6 +133,10 @@ class WorkerMonitor:
             else self._workers_redis
         )
         self._task: asyncio.Task[None] | None = None
+        #: Restores dead workers' unacknowledged messages each tick (None: left to kombu).
+        self.recovery = (
+            Recovery(self.keys, self._snapshot, recovery) if recovery is not None else None
+        )
 
     # -- answers, from the cache only (no I/O, no await) ---------------------------------------
 
@@ -268,13 +282,31 @@ class WorkerMonitor:
         while True:
             await asyncio.sleep(self.interval)
             try:
-                await self.refresh()
+                snapshot = await self.refresh()
+                if snapshot.workers_fresh:
+                    await self.recover()
             except Exception:  # a bug must not silently stop the polling for good
                 log.exception("worker monitor refresh crashed")
             if current is not None and current.cancelling():
                 # redis-py can turn a cancel that lands mid-command into a connection error,
                 # which refresh() then absorbs: honour the cancel here, or stop() waits forever.
                 return
+
+    async def recover(self) -> dict[str, int]:
+        """Restore the messages of workers the snapshot's rule declares dead (recovery.py);
+        hostname -> messages restored. Never raises for an unreachable Redis."""
+        if self.recovery is None:
+            return {}
+        snapshot = self._snapshot
+        connected = {worker.hostname: worker.connected for worker in snapshot.workers}
+        try:
+            async with asyncio.timeout(self.io_timeout):
+                return await self.recovery.asweep(
+                    self._workers_redis.client(), time.time(), connected
+                )
+        except UNREACHABLE as exc:
+            log.warning("recovery of dead workers' messages failed: %s", exc)
+            return {}
 
     async def _read_workers(self, now: float) -> tuple[tuple[WorkerInfo, ...], Mapping[str, int]]:
         """Live workers (heartbeat ZSET + hashes) and active counts, from the worker keys."""
@@ -288,6 +320,7 @@ class WorkerMonitor:
                 for hostname, _ in scored:
                     pipe.hgetall(self.keys.worker(hostname))
                 hashes = await pipe.execute()
+            await self._check_server_run(client)
             connections = await self._heartbeat_connections(client)
             # Forget workers that left the ZSET (pods come and go under new names).
             self._connections_seen &= {hostname for hostname, _ in scored}
@@ -311,6 +344,16 @@ class WorkerMonitor:
         except RedisError:
             return None  # ACLs or a proxy may refuse it: the heartbeat window alone decides
         return frozenset(entry.get("name", "") for entry in clients)
+
+    async def _check_server_run(self, client: AsyncRedis) -> None:
+        """Forget the connections seen when Redis restarted (see the module docstring)."""
+        try:
+            run_id = (await client.info("server")).get("run_id")
+        except RedisError:
+            return  # refused like CLIENT LIST: nothing to compare
+        if run_id != self._run_id and self._run_id is not None:
+            self._connections_seen.clear()
+        self._run_id = run_id
 
     def _with_connection(
         self, worker: WorkerInfo, connections: frozenset[str] | None

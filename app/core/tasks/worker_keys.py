@@ -8,6 +8,10 @@ and keeps the tasks it is running in
   {prefix}active:{queue}        ZSET  task id -> started_at (KEDA's "active" trigger)
   {prefix}worker:{hostname}:active  HASH task id -> queue (so a dead worker's entries can be
                                       removed from active:{queue} by whoever notices it died)
+and, in the broker's Redis (the same server: recovery needs both in one script), which worker
+holds each message it received and has not acknowledged yet (app/core/tasks/recovery.py):
+  {prefix}unacked:holders       HASH  kombu delivery tag -> worker hostname
+  {prefix}worker:{hostname}:evicted  STRING when recovery declared it dead (its fence)
 A worker is live while its score is younger than LIVENESS_FACTOR heartbeat intervals.
 
 The heartbeat's Redis connection is named heartbeat_client_name(hostname) (CLIENT SETNAME), so
@@ -39,6 +43,13 @@ class WorkerKeys:
 
     def active(self, queue: str) -> str:
         return f"{self.prefix}active:{queue}"
+
+    @property
+    def unacked_holders(self) -> str:
+        return f"{self.prefix}unacked:holders"
+
+    def worker_evicted(self, hostname: str) -> str:
+        return f"{self.prefix}worker:{hostname}:evicted"
 
 
 def heartbeat_client_name(hostname: str) -> str:

@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from app.core.tasks.worker_keys import LIVENESS_FACTOR
+
 _EMPTY: Mapping[str, int] = MappingProxyType({})
 
 
@@ -46,20 +48,32 @@ class WorkerSnapshot:
     #: Seconds after its last heartbeat that a worker whose connection closed stops counting.
     disconnect_grace: float = 6.0
 
+    @classmethod
+    def rule_for(cls, heartbeat_interval: float) -> WorkerSnapshot:
+        """An empty snapshot carrying the liveness rule of workers that beat every
+        `heartbeat_interval` s: the window is LIVENESS_FACTOR beats; a closed heartbeat
+        connection counts once the beat is older than the next beat plus a second."""
+        liveness = LIVENESS_FACTOR * heartbeat_interval
+        return cls(liveness=liveness, disconnect_grace=min(heartbeat_interval + 1.0, liveness))
+
     @property
     def healthy(self) -> bool:
         """Did the last refresh read everything?"""
         return self.broker_up and self.workers_fresh
 
     def live(self, now: float) -> tuple[WorkerInfo, ...]:
-        cutoff = now - self.liveness
-        gone = now - self.disconnect_grace
-        return tuple(
-            worker
-            for worker in self.workers
-            if worker.last_seen > cutoff
-            and not (worker.connected is False and worker.last_seen <= gone)
-        )
+        return tuple(worker for worker in self.workers if self.is_live(worker, now))
+
+    def is_live(self, worker: WorkerInfo, now: float) -> bool:
+        """The liveness rule (monitor.py); recovery asks it too."""
+        return worker.last_seen > self.cutoff(worker.connected, now)
+
+    def cutoff(self, connected: bool | None, now: float) -> float:
+        """A worker whose last beat is at or before this is dead: the heartbeat window, or
+        the (shorter) grace once its heartbeat connection was seen closed."""
+        if connected is False:
+            return now - min(self.disconnect_grace, self.liveness)
+        return now - self.liveness
 
     def live_workers(self, queue: str, now: float) -> int:
         return sum(1 for worker in self.live(now) if queue in worker.queues)
