@@ -39,6 +39,9 @@ from typing import Any
 
 from kombu.transport import redis as kombu_redis
 
+#: The value of Celery's `broker_transport` that selects this transport.
+TRANSPORT_PATH = "app.workers.broker:Transport"
+
 
 class Channel(kombu_redis.Channel):
     """kombu's Redis channel, able to reach Redis after its transport let go of the URL."""

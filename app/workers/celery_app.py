@@ -37,6 +37,7 @@ from app.core.tasks.registry import registry as default_registry
 from app.core.tasks.scheduler import ScheduleEntry
 from app.logs import configure_logging
 from app.tasks.schedule import SCHEDULE
+from app.workers import broker
 from app.workers.heartbeat import Heartbeat
 from app.workers.metrics_endpoint import MetricsEndpoint
 
@@ -47,7 +48,7 @@ TIME_LIMIT_MARGIN = 30.0
 #: Lower bound for the broker's visibility timeout when TASKLANE_VISIBILITY_TIMEOUT is unset.
 MIN_VISIBILITY_TIMEOUT = 3600
 #: The Redis transport with the restart guard (see app.workers.broker), by kombu's name.
-GUARDED_REDIS_TRANSPORT = "app.workers.broker:Transport"
+GUARDED_REDIS_TRANSPORT = broker.TRANSPORT_PATH
 #: kombu's Redis transport replies to BRPOP within this many seconds (its brpop_timeout).
 _BRPOP_TIMEOUT = 1.0
 

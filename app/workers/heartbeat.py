@@ -34,6 +34,7 @@ from app.core.tasks.recovery import Recovery, recovery_layout
 from app.core.tasks.worker_keys import WorkerKeys, heartbeat_client_name
 from app.core.tasks.worker_snapshot import WorkerSnapshot
 from app.workers import presence
+from app.workers.broker import TRANSPORT_PATH as GUARDED_TRANSPORT
 from app.workers.presence import WorkerInfo
 from app.workers.transport import HOLDER_OPTION, HOLDERS_KEY_OPTION, TRANSPORT_PATH
 
@@ -192,11 +193,12 @@ class Heartbeat(bootsteps.StartStopStep):
 def _recovery(worker: WorkController, keys: WorkerKeys, interval: float) -> Recovery | None:
     """Select the holder-recording transport for this worker's consumer (its connection is
     made after this bootstep is created) and build its Recovery; None when recovery cannot
-    run here (recovery.recovery_problem) or another transport was configured."""
+    run here (recovery.recovery_problem) or a transport other than ours was configured (the
+    holder-recording one extends the restart-guarded default, app.workers.broker)."""
     conf = worker.app.conf
     options = dict(conf.broker_transport_options or {})
     layout = recovery_layout(conf.broker_url, worker.app.tasklane_settings.store_redis_url, options)
-    if layout is None or conf.broker_transport not in (None, TRANSPORT_PATH):
+    if layout is None or conf.broker_transport not in (None, GUARDED_TRANSPORT, TRANSPORT_PATH):
         return None
     conf.broker_transport = TRANSPORT_PATH
     conf.broker_transport_options = {

@@ -16,7 +16,9 @@ kombu's visibility-timeout sweep (restore_visible, any process, any holder) is u
 stays the last resort.
 
 Only the worker's consuming connection records holders: the options are set by the heartbeat
-bootstep (app.workers.heartbeat), and a channel without `tasklane_holder` is plain kombu.
+bootstep (app.workers.heartbeat), and a channel without `tasklane_holder` is the guarded one of
+app.workers.broker. Both build on that guard, so a busy worker recording holders still
+survives a Redis restart.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport.virtual import base as virtual
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
+
+from app.workers import broker
 
 #: Transport options this module adds (app.workers.heartbeat sets them in a worker).
 HOLDER_OPTION = "tasklane_holder"
@@ -136,7 +140,9 @@ class QoS(kombu_redis.QoS):
             )
 
 
-class Channel(kombu_redis.Channel):
+class Channel(broker.Channel):
+    """The restart-guarded channel (app.workers.broker) with the holder-recording QoS."""
+
     QoS = QoS
     tasklane_holder: str | None = None
     tasklane_holders_key = "tasklane:unacked:holders"
@@ -147,5 +153,5 @@ class Channel(kombu_redis.Channel):
     )
 
 
-class Transport(kombu_redis.Transport):
+class Transport(broker.Transport):
     Channel = Channel
