@@ -39,6 +39,7 @@ tools:
 test: $(VENV)/.dev-installed system-packages tools
 	scripts/ensure-system-packages prometheus
 	$(BIN)/ruff check app tests scripts
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
 
 ## bench: the benchmarks of scripts/bench (baseline vs tasklane ratios, one run; JSON in .cache/bench)
@@ -48,6 +49,7 @@ bench: $(VENV)/.runtime-installed system-packages
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check app tests scripts
 	$(BIN)/ruff format --check app tests scripts
+	$(BIN)/lint-imports
 
 format: $(VENV)/.dev-installed
 	$(BIN)/ruff check --fix app tests scripts

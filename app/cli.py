@@ -267,9 +267,9 @@ def status(args: argparse.Namespace) -> int:
     if args.hostname is not None:
         print("tasklane status: --hostname goes with --worker", file=sys.stderr)
         return 2
-    from app import status as status_report
+    from app import status_render
 
-    return status_report.run(as_json=args.json, failures=args.failures)
+    return status_render.run(as_json=args.json, failures=args.failures)
 
 
 def worker_status(hostname: str | None) -> int:

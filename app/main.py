@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from app.api.auth import install_token_guard, warn_if_open
 from app.api.errors import install_error_handlers
 from app.api.examples import router as examples_router
+from app.api.handoff import HandoffGuard
 from app.api.health import router as health_router
 from app.api.limits import BodySizeLimit
 from app.api.methods import HeadAsGet, method_not_allowed
@@ -31,14 +32,14 @@ from app.api.tasks import router as tasks_router
 from app.api.ws import router as ws_router
 from app.config import Settings
 from app.core.redis_client import redact
-from app.core.tasks import build_task_manager, set_task_manager
+from app.core.tasks import set_task_manager
 from app.core.tasks.errors import StoreUnavailable
-from app.core.tasks.handoff import HandoffGuard
 from app.core.tasks.scheduler import LocalScheduler
 from app.logs import configure_logging
 from app.startup import OneLineStartupFailure, StartupFailed
 from app.tasks.data import configure_domain_data
 from app.tasks.schedule import SCHEDULE
+from app.wiring import build_task_manager
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

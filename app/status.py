@@ -14,8 +14,6 @@ would be empty, and "no worker" must not be mistaken for "cannot tell").
 from __future__ import annotations
 
 import asyncio
-import json
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -257,7 +255,7 @@ async def _decide(settings: Settings, url: str, limit: int) -> _Decisions:
                 queues=routing.queues(specs),
                 broker_up=None,
             )
-        from app.core.tasks.factory import build_executor
+        from app.wiring import build_executor
 
         hybrid: Any = build_executor(settings, store=store, registry=registry, hooks=TaskHooks())
         monitor = hybrid.monitor
@@ -308,21 +306,3 @@ def _route_row(
         route=route,
         reason=reason,
     )
-
-
-def run(*, as_json: bool, failures: int) -> int:
-    """Print the report (rich tables, or JSON); returns the exit status."""
-    try:
-        settings = Settings()
-        settings.check()
-        report = collect(settings, failures=failures)
-    except (ValueError, StatusUnavailable) as exc:
-        print(f"tasklane status: {exc}", file=sys.stderr)
-        return 2
-    if as_json:
-        print(json.dumps(report.as_dict(), indent=2, sort_keys=True))
-    else:
-        from app.status_render import render
-
-        render(report)
-    return 0

@@ -1,4 +1,5 @@
-"""`tasklane status` for people: the StatusReport as rich tables (app/status.py reads it).
+"""`tasklane status`'s output: the StatusReport (app/status.py reads it) as rich tables for
+people or JSON for machines, and the command's exit status (run()).
 
 Written to stdout; without a terminal (a pipe, `kubectl exec` without -t, a test) the width is
 fixed at 160 columns and no colour codes are written, so every column stays readable.
@@ -6,6 +7,7 @@ fixed at 160 columns and no colour codes are written, so every column stays read
 
 from __future__ import annotations
 
+import json
 import sys
 from datetime import UTC, datetime
 from typing import IO, Any
@@ -14,7 +16,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from app.status import StatusReport
+from app.config import Settings
+from app.status import StatusReport, StatusUnavailable, collect
 
 #: Width when stdout is not a terminal (rich would otherwise assume 80 and squeeze columns).
 PIPE_WIDTH = 160
@@ -144,3 +147,19 @@ def _failures(report: StatusReport) -> Table:
     if not report.failures:
         table.add_row("-", "(none)", "-", "-")
     return table
+
+
+def run(*, as_json: bool, failures: int) -> int:
+    """Print the report (rich tables, or JSON); returns the exit status."""
+    try:
+        settings = Settings()
+        settings.check()
+        report = collect(settings, failures=failures)
+    except (ValueError, StatusUnavailable) as exc:
+        print(f"tasklane status: {exc}", file=sys.stderr)
+        return 2
+    if as_json:
+        print(json.dumps(report.as_dict(), indent=2, sort_keys=True))
+    else:
+        render(report)
+    return 0

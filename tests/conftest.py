@@ -9,10 +9,11 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 import pytest_asyncio
 
-from app.core.tasks import set_task_manager
+from app.core.tasks import set_task_manager, set_task_manager_builder
 from app.core.tasks.store import ResultStore
 from app.core.tasks.store.memory import MemoryStore
 from app.core.tasks.store.redis import RedisStore
+from app.wiring import build_task_manager
 from tests.support.processes import RedisServer
 
 
@@ -49,8 +50,10 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[ResultStore]:
 
 @pytest.fixture(autouse=True)
 def _fresh_task_manager() -> Iterator[None]:
-    """get_task_manager() builds a new manager per test (its loop dies with the test)."""
+    """get_task_manager() builds a new manager per test (its loop dies with the test), from
+    the environment as the test left it, by the composition root's builder."""
     set_task_manager(None)
+    set_task_manager_builder(build_task_manager)
     yield
     set_task_manager(None)
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
@@ -27,8 +26,6 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import MaxConnectionsError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-
-from app.core.tasks.errors import StoreUnavailable
 
 if TYPE_CHECKING:
     from app.config import Settings
@@ -180,15 +177,6 @@ class LoopLocalRedis:
         if client is not None and self._loop is asyncio.get_running_loop():
             with contextlib.suppress(RedisError, OSError, RuntimeError):
                 await client.aclose()
-
-
-@contextlib.asynccontextmanager
-async def translate_unavailable(what: str) -> AsyncIterator[None]:
-    """Turn a dead or unreachable Redis into StoreUnavailable (a 503, never a 500)."""
-    try:
-        yield
-    except UNAVAILABLE_ERRORS as exc:
-        raise StoreUnavailable(f"{what}: {type(exc).__name__}: {exc}") from exc
 
 
 def redact(url: str) -> str:

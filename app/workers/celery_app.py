@@ -36,6 +36,7 @@ from app.core.tasks.registry import TaskRegistry, autodiscover
 from app.core.tasks.registry import registry as default_registry
 from app.core.tasks.scheduler import ScheduleEntry
 from app.logs import configure_logging
+from app.tasks.data import configure_domain_data
 from app.tasks.schedule import SCHEDULE
 from app.workers import broker
 from app.workers.heartbeat import Heartbeat
@@ -202,6 +203,14 @@ def require_broker(settings: Settings, role: str) -> None:
 
 # SystemExit, not an ordinary exception: Celery logs and swallows exceptions from signal
 # handlers, and a worker without its broker would otherwise retry amqp://localhost forever.
+@signals.worker_process_init.connect
+def _configure_domain_data(**_: object) -> None:
+    """A pool child (or the solo pool's only process) starts: the domain data the example
+    tasks use, as the api's lifespan configures it (connected before runtime.py's handler,
+    which builds the child's runtime, as the two ran before)."""
+    configure_domain_data(settings)
+
+
 @signals.worker_init.connect
 def _check_worker(**_: object) -> None:
     require_broker(settings, "worker")

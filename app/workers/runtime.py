@@ -4,8 +4,9 @@ execute() and the stores are async; Celery calls task bodies synchronously. Each
 one event loop on a daemon thread and submits coroutines to it (run()). Celery's prefork pool
 forks its children from a main process that has imported everything: a child inherits objects
 but no threads, and sockets it must not share, so a runtime belongs to the process that built it
-(get_runtime() rebuilds after a fork) and worker_process_init builds each child's eagerly, with
-the domain data the example tasks use.
+(get_runtime() rebuilds after a fork) and worker_process_init builds each child's eagerly.
+Whatever else a child needs (the example tasks' domain data) connects to the same signal where
+the worker is composed (app/workers/celery_app.py): this module knows no domain package.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from app.core.tasks.registry import TaskRegistry
 from app.core.tasks.registry import registry as default_registry
 from app.core.tasks.store import ResultStore, create_store
 from app.core.tasks.worker_keys import WorkerKeys
-from app.tasks.data import configure_domain_data
 from app.workers.celery_app import settings as app_settings
 
 T = TypeVar("T")
@@ -126,6 +126,5 @@ os.register_at_fork(after_in_child=_forget_after_fork)
 
 @signals.worker_process_init.connect
 def _init_pool_process(**_: object) -> None:
-    """A pool child (or the solo pool's only process) starts: its domain data and runtime."""
-    configure_domain_data(app_settings)
+    """A pool child (or the solo pool's only process) starts: its runtime."""
     get_runtime()

@@ -22,8 +22,8 @@ import time
 
 import redis
 
-from app.core.tasks.factory import build_task_manager
 from app.core.tasks.manager import TaskManager
+from app.wiring import build_task_manager
 from scripts.bench.common import (
     Profile,
     Result,

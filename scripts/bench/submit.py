@@ -18,8 +18,8 @@ import redis
 from celery import Celery
 
 from app.config import Settings
-from app.core.tasks.factory import build_task_manager
 from app.core.tasks.manager import TaskCall, TaskManager
+from app.wiring import build_task_manager
 from scripts.bench.common import Profile, Result, Target, alternate, compare, log, redis_server
 from scripts.bench.tasks import LIGHT_QUEUE
 

@@ -11,10 +11,10 @@ import httpx
 import pytest
 from fastapi import BackgroundTasks
 
+from app.api.handoff import HandoffGuard
 from app.config import Settings
 from app.core.tasks import TaskManager, TaskResult, TaskStatus
 from app.core.tasks.executors.background import BackgroundTasksExecutor
-from app.core.tasks.handoff import HandoffGuard
 from app.core.tasks.store import ResultStore
 from tests.support import sample_tasks
 

@@ -18,8 +18,8 @@ import redis
 
 from app.config import Settings
 from app.core.tasks import TaskCall, TaskManager, TaskResult, TaskStatus
-from app.core.tasks.factory import build_task_manager
 from app.core.tasks.models import SubmitOptions
+from app.wiring import build_task_manager
 from tests.support.celery_processes import SAMPLE_TASK_MODULES, CeleryWorker
 
 pytestmark = pytest.mark.integration

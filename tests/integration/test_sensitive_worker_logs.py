@@ -17,8 +17,8 @@ import pytest
 
 from app.config import Settings
 from app.core.tasks import TaskResult, TaskStatus
-from app.core.tasks.factory import build_task_manager
 from app.core.tasks.redaction import REDACTED
+from app.wiring import build_task_manager
 from tests.support.celery_processes import SAMPLE_TASK_MODULES, CeleryWorker
 from tests.support.processes import REPO_ROOT, clean_environment
 

@@ -10,10 +10,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.config import Settings
-from app.core.tasks import SubmitOptions, build_task_manager, registry, task
+from app.core.tasks import SubmitOptions, registry, task
 from app.core.tasks.errors import InvalidTaskId
 from app.core.tasks.models import ID_RULE
 from app.main import create_app
+from app.wiring import build_task_manager
 
 DOT_SEGMENTS = [".", "..", "..."]
 # httpx normalises "." and ".." out of a URL: percent-encoded, they reach the router as dots.

@@ -12,9 +12,10 @@ import pytest_asyncio
 from fastapi import BackgroundTasks, FastAPI
 from starlette.types import Message, Receive, Scope, Send
 
+from app.api.handoff import HandoffGuard
 from app.core.tasks import TaskManager, TaskStatus, get_task_manager, set_task_manager, task
 from app.core.tasks.executors.background import BackgroundTasksExecutor
-from app.core.tasks.handoff import Handoff, HandoffGuard, defer
+from app.core.tasks.handoff import Handoff, defer
 from app.core.tasks.store.memory import MemoryStore
 
 

@@ -576,7 +576,7 @@ def test_unknown_pin_target_is_refused() -> None:
 
 def test_factory_builds_the_hybrid_from_settings(redis_url: str) -> None:
     from app.config import Settings
-    from app.core.tasks.factory import build_task_manager
+    from app.wiring import build_task_manager
 
     settings = Settings(
         executor="hybrid",
@@ -607,7 +607,7 @@ def test_factory_builds_the_hybrid_from_settings(redis_url: str) -> None:
 
 def test_factory_builds_celery_alone_when_asked(redis_url: str) -> None:
     from app.config import Settings
-    from app.core.tasks.factory import build_task_manager
+    from app.wiring import build_task_manager
 
     settings = Settings(
         executor="celery", store="redis", redis_url=redis_url, celery_broker_url=redis_url

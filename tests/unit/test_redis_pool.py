@@ -9,9 +9,10 @@ import asyncio
 import pytest
 
 from app.config import Settings
-from app.core.redis_client import LoopLocalRedis, PoolLimits, translate_unavailable
+from app.core.redis_client import LoopLocalRedis, PoolLimits
 from app.core.tasks.errors import StoreUnavailable
 from app.core.tasks.store import create_store
+from app.core.tasks.store.redis import translate_unavailable
 from app.tasks.data import create_domain_data
 
 

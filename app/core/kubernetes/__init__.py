@@ -12,7 +12,6 @@ from app.core.kubernetes.client import (
     Connection,
     KubeConfigError,
     load_connection,
-    watcher_from_settings,
 )
 from app.core.kubernetes.state import (
     PAUSED,
@@ -31,5 +30,4 @@ __all__ = [
     "KubeView",
     "ScaledObjectState",
     "load_connection",
-    "watcher_from_settings",
 ]

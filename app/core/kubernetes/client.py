@@ -7,7 +7,6 @@ The `kubernetes` package is imported here, lazily, only when Kubernetes awarenes
 from __future__ import annotations
 
 import json
-import logging
 import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -19,10 +18,6 @@ from app.config import SERVICE_ACCOUNT_NAMESPACE
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient, Configuration
 
-    from app.config import Settings
-    from app.core.kubernetes.watch import KubeWatcher
-
-log = logging.getLogger("tasklane.kubernetes")
 
 #: Set by the kubelet in every pod: the in-cluster API server's address.
 IN_CLUSTER_ENV = "KUBERNETES_SERVICE_HOST"
@@ -124,24 +119,3 @@ def innermost(exc: BaseException) -> str:
     """The cause of a urllib3 failure (refused, timed out) rather than its retry wrapper."""
     reason = getattr(exc, "reason", None)
     return f"{type(reason).__name__}: {reason}" if reason else f"{type(exc).__name__}: {exc}"
-
-
-def watcher_from_settings(settings: Settings) -> KubeWatcher | None:
-    """The api's KubeWatcher when Kubernetes awareness is on, else None (also when no
-    configuration loads: logged, and routing keeps to heartbeats and the flag)."""
-    if not settings.kubernetes_enabled or not settings.worker_deployment:
-        return None
-    try:
-        connection = load_connection()
-    except KubeConfigError as exc:
-        log.warning("Kubernetes awareness off: %s", exc)
-        return None
-    from app.core.kubernetes.watch import KubeWatcher
-
-    return KubeWatcher(
-        connection.api_client(),
-        namespace=settings.namespace or connection.namespace or settings.resolved_namespace,
-        deployment=settings.worker_deployment,
-        scaled_object=settings.resolved_scaled_object,
-        scale_from_zero_flag=settings.scale_from_zero,
-    )

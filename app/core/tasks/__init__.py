@@ -5,6 +5,7 @@ task_id = await get_task_manager().submit("calculate_rating", resource_id)
 """
 
 from app.core.tasks.context import TaskContext
+from app.core.tasks.current import get_task_manager, set_task_manager, set_task_manager_builder
 from app.core.tasks.errors import (
     ArgumentsTooLarge,
     ExecutorUnavailable,
@@ -15,7 +16,6 @@ from app.core.tasks.errors import (
     TaskNotFound,
     UnknownTaskError,
 )
-from app.core.tasks.factory import build_task_manager, get_task_manager, set_task_manager
 from app.core.tasks.manager import TaskCall, TaskManager
 from app.core.tasks.models import SubmitOptions, TaskError, TaskResult, TaskSpec, TaskStatus
 from app.core.tasks.registry import registry, task
@@ -37,9 +37,9 @@ __all__ = [
     "TaskStatus",
     "TasklaneError",
     "UnknownTaskError",
-    "build_task_manager",
     "get_task_manager",
     "registry",
     "set_task_manager",
+    "set_task_manager_builder",
     "task",
 ]

@@ -5,9 +5,10 @@ background_tasks=bt)` adds one idempotent hand-off per task there. But a Backgro
 is only ever run by FastAPI inside an HTTP request: the migration guide's WebSocket example
 builds one that nothing runs, and scripts do the same. So:
 
-- outside an HTTP request (no HandoffGuard scope active) the hand-off fires at once;
-- inside one, HandoffGuard fires any hand-off still pending when the request is over (the
-  handler built its own BackgroundTasks, or the response failed before background tasks ran).
+- outside an HTTP request (no RequestHandoffs open) the hand-off fires at once;
+- inside one, the api's HandoffGuard middleware (app/api/handoff.py) holds a RequestHandoffs
+  for the request and closes it at the end, firing any hand-off still pending (the handler
+  built its own BackgroundTasks, or the response failed before background tasks ran).
 
 Each hand-off only schedules the task on the runner, so it never raises and one task's failure
 never stops Starlette from running the next background task.
@@ -21,23 +22,32 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from fastapi import BackgroundTasks
-    from starlette.types import ASGIApp, Receive, Scope, Send
 
 
-class _RequestScope:
-    """Hand-offs deferred during one HTTP request. Tasks started inside the request inherit
-    this (contextvars are copied into new asyncio tasks and threads) and may outlive it: once
-    the request is over (`open` False) their hand-offs fire at once instead of waiting for a
-    guard that already finished."""
+class RequestHandoffs:
+    """Hand-offs deferred during one HTTP request, open from construction until close().
 
-    __slots__ = ("open", "pending")
+    Tasks started inside the request inherit this (contextvars are copied into new asyncio
+    tasks and threads) and may outlive it: once the request is over (`open` False) their
+    hand-offs fire at once instead of waiting for a guard that already finished.
+    """
+
+    __slots__ = ("_token", "open", "pending")
 
     def __init__(self) -> None:
         self.open = True
         self.pending: list[Handoff] = []
+        self._token = _request_handoffs.set(self)
+
+    def close(self) -> None:
+        """The request is over: stop deferring and fire every hand-off still pending."""
+        _request_handoffs.reset(self._token)
+        self.open = False
+        for handoff in self.pending:
+            handoff.fire()
 
 
-_request_handoffs: ContextVar[_RequestScope | None] = ContextVar(
+_request_handoffs: ContextVar[RequestHandoffs | None] = ContextVar(
     "tasklane_request_handoffs", default=None
 )
 
@@ -74,24 +84,3 @@ def defer(background_tasks: BackgroundTasks, start: Callable[[], None]) -> None:
         handoff.fire()
     else:
         scope.pending.append(handoff)
-
-
-class HandoffGuard:
-    """ASGI middleware: marks the HTTP request scope and fires hand-offs left pending at its end."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        request = _RequestScope()
-        token = _request_handoffs.set(request)
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            _request_handoffs.reset(token)
-            request.open = False
-            for handoff in request.pending:
-                handoff.fire()

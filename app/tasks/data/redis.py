@@ -27,7 +27,8 @@ from typing import Any
 
 from redis.exceptions import WatchError
 
-from app.core.redis_client import LoopLocalRedis, PoolLimits, translate_unavailable
+from app.core.redis_client import LoopLocalRedis, PoolLimits
+from app.core.tasks.store.redis import translate_unavailable
 from app.tasks.data.common import (
     DONE_TTL_SECONDS,
     NOTIFICATION_ID_TTL_SECONDS,

@@ -10,17 +10,19 @@ Keys, all under the configurable prefix (default "tasklane:"):
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from redis.exceptions import NoScriptError
 
-from app.core.redis_client import LoopLocalRedis, PoolLimits, translate_unavailable
+from app.core.redis_client import UNAVAILABLE_ERRORS, LoopLocalRedis, PoolLimits
+from app.core.tasks.errors import StoreUnavailable
 from app.core.tasks.models import TaskResult, TaskStatus
 from app.core.tasks.store import NO_RIDERS, KeyOp, Mutation, QueuePush, Riders
 
@@ -136,6 +138,16 @@ def encode(record: TaskResult) -> str:
 
 def decode(raw: str) -> TaskResult:
     return TaskResult.from_dict(json.loads(raw))
+
+
+@contextlib.asynccontextmanager
+async def translate_unavailable(what: str) -> AsyncIterator[None]:
+    """Turn a dead or unreachable Redis into StoreUnavailable (a 503, never a 500); the domain's
+    Redis data (app/tasks/data/redis.py) reports the same way."""
+    try:
+        yield
+    except UNAVAILABLE_ERRORS as exc:
+        raise StoreUnavailable(f"{what}: {type(exc).__name__}: {exc}") from exc
 
 
 class RedisStore:

@@ -1,8 +1,14 @@
-"""Builds the process-wide TaskManager from Settings, and hands it out (get_task_manager)."""
+"""The composition root: Settings -> store, executors, worker monitor, Kubernetes watch,
+TaskManager.
+
+The api (app/main.py), scripts and tests build their manager here; the worker builds its own
+per-process runtime (app/workers/runtime.py). This is the only module that reaches into
+app.workers for the Celery app object, so app.core never imports the layers above it.
+"""
 
 from __future__ import annotations
 
-import threading
+import logging
 from typing import TYPE_CHECKING
 
 from app.config import Settings
@@ -15,14 +21,14 @@ from app.core.tasks.registry import registry as default_registry
 from app.core.tasks.store import create_store
 
 if TYPE_CHECKING:
+    from app.core.kubernetes.watch import KubeWatcher
     from app.core.tasks.executors.base import Executor
     from app.core.tasks.store import ResultStore
 
+log = logging.getLogger("tasklane.kubernetes")
+
 #: URL schemes of a Redis broker (whose queue lengths the monitor can read).
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
-
-_lock = threading.Lock()
-_manager: TaskManager | None = None
 
 
 def build_task_manager(
@@ -63,7 +69,6 @@ def build_executor(
     if kind == "background":
         return background
     # Imported here so single mode never loads Celery's app module (nor its configuration).
-    from app.core.kubernetes.client import watcher_from_settings
     from app.core.tasks.executors.celery import CeleryExecutor
     from app.core.tasks.executors.hybrid import HybridExecutor
     from app.core.tasks.monitor import WorkerMonitor
@@ -119,18 +124,24 @@ def build_executor(
     )
 
 
-def get_task_manager() -> TaskManager:
-    """The process-wide manager: the app's (set at start-up), else one built from the
-    environment on first use, so scripts and tests can submit without an app."""
-    global _manager
-    with _lock:
-        if _manager is None:
-            _manager = build_task_manager()
-        return _manager
+def watcher_from_settings(settings: Settings) -> KubeWatcher | None:
+    """The api's KubeWatcher when Kubernetes awareness is on, else None (also when no
+    configuration loads: logged, and routing keeps to heartbeats and the flag)."""
+    if not settings.kubernetes_enabled or not settings.worker_deployment:
+        return None
+    # Imported here, as Celery's modules are below: single mode loads neither (nor urllib3).
+    from app.core.kubernetes.client import KubeConfigError, load_connection
+    from app.core.kubernetes.watch import KubeWatcher
 
-
-def set_task_manager(manager: TaskManager | None) -> None:
-    """Install (or with None, forget) the process-wide manager."""
-    global _manager
-    with _lock:
-        _manager = manager
+    try:
+        connection = load_connection()
+    except KubeConfigError as exc:
+        log.warning("Kubernetes awareness off: %s", exc)
+        return None
+    return KubeWatcher(
+        connection.api_client(),
+        namespace=settings.namespace or connection.namespace or settings.resolved_namespace,
+        deployment=settings.worker_deployment,
+        scaled_object=settings.resolved_scaled_object,
+        scale_from_zero_flag=settings.scale_from_zero,
+    )
