@@ -257,9 +257,11 @@ async def _decide(settings: Settings, url: str, limit: int) -> _Decisions:
                 queues=routing.queues(specs),
                 broker_up=None,
             )
+        from app.core.tasks.executors.hybrid import HybridExecutor
         from app.core.tasks.factory import build_executor
 
-        hybrid: Any = build_executor(settings, store=store, registry=registry, hooks=TaskHooks())
+        hybrid = build_executor(settings, store=store, registry=registry, hooks=TaskHooks())
+        assert isinstance(hybrid, HybridExecutor)  # settings.resolved_executor == "hybrid"
         monitor = hybrid.monitor
         try:
             await monitor.refresh()
@@ -267,9 +269,9 @@ async def _decide(settings: Settings, url: str, limit: int) -> _Decisions:
                 await asyncio.to_thread(monitor.kubernetes.sync_once)
             routes = []
             for spec in specs:
-                decision = hybrid.decide(spec)
-                route = decision.executor or "unavailable"
-                routes.append(_route_row(spec, routing, hybrid.pin(spec), route, decision.fallback))
+                route = hybrid.route_preview(spec)
+                pin = route.executor if route.pinned else None
+                routes.append(_route_row(spec, routing, pin, route.executor, route.fallback))
             return _Decisions(
                 routes=routes,
                 failures=failures,
