@@ -156,6 +156,19 @@ async def test_configured_queue_names_decide_the_list(
 
 
 @pytest.mark.asyncio
+async def test_dispatch_publishes_to_the_queue_its_record_names(
+    celery_app: Celery, store: RedisStore, client: redis.Redis
+) -> None:
+    # After submit the record is the source (issue 12): no second routing decision at publish.
+    executor = make_executor(celery_app, store)
+    record, route = planned(executor, "t-rq")
+
+    await executor.dispatch(record.replace(queue="elsewhere"), route)
+
+    assert (client.llen("elsewhere"), client.llen("heavy")) == (1, 0)
+
+
+@pytest.mark.asyncio
 async def test_dead_broker_fails_with_broker_unavailable_within_the_publish_timeout(
     store: RedisStore,
 ) -> None:

@@ -525,6 +525,26 @@ async def test_route_preview_counts_nothing(planes: Callable[..., Any]) -> None:
 
 
 @pytest.mark.asyncio
+async def test_a_submit_to_celery_looks_its_task_up_once(
+    planes: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The manager resolves the spec; plan, publish and dispatch deadline reuse it or the
+    record (issue 12), where each used to look it up again (the publisher thread still reads
+    the spec's redaction for send_task's argsrepr)."""
+    plane = await planes(scale_from_zero=True)
+    seen: list[str] = []
+    get = REGISTRY_.get
+    monkeypatch.setattr(REGISTRY_, "get", lambda name: seen.append(name) or get(name))
+
+    task_id = await plane.manager.submit("hr_heavy", "x")
+
+    assert seen == ["hr_heavy", "hr_heavy"]
+    assert (await plane.store.get(task_id)).queue == "heavy"
+    assert plane.redis.llen("heavy") == 1
+    assert len(plane.hybrid.deadline) == 1
+
+
+@pytest.mark.asyncio
 async def test_cancel_goes_to_the_executor_named_in_the_record(planes: Callable[..., Any]) -> None:
     plane = await planes(scale_from_zero=True)
     queued = await plane.manager.submit("hr_heavy", "never")
