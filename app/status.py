@@ -2,7 +2,7 @@
 
 Live workers (their heartbeats, DESIGN.md §3), every queue's backlog (base list plus kombu's
 priority sub-lists) and running count, each registered task's route as the hybrid executor would
-decide it now (the same HybridExecutor.decide, fed by a WorkerMonitor refreshed once, and by the
+decide it now (HybridExecutor.route_preview, fed by a WorkerMonitor refreshed once, and by the
 worker Deployment when Kubernetes awareness is on), and the latest FAILURE records. A rich table
 for people, `--json` for machines. Nothing is written.
 
