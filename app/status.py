@@ -2,7 +2,7 @@
 
 Live workers (their heartbeats, DESIGN.md §3), every queue's backlog (base list plus kombu's
 priority sub-lists) and running count, each registered task's route as the hybrid executor would
-decide it now (the same HybridExecutor.decide, fed by a WorkerMonitor refreshed once, and by the
+decide it now (HybridExecutor.route_preview, fed by a WorkerMonitor refreshed once, and by the
 worker Deployment when Kubernetes awareness is on), and the latest FAILURE records. A rich table
 for people, `--json` for machines. Nothing is written.
 
@@ -255,9 +255,11 @@ async def _decide(settings: Settings, url: str, limit: int) -> _Decisions:
                 queues=routing.queues(specs),
                 broker_up=None,
             )
+        from app.core.tasks.executors.hybrid import HybridExecutor
         from app.wiring import build_executor
 
-        hybrid: Any = build_executor(settings, store=store, registry=registry, hooks=TaskHooks())
+        hybrid = build_executor(settings, store=store, registry=registry, hooks=TaskHooks())
+        assert isinstance(hybrid, HybridExecutor)  # settings.resolved_executor == "hybrid"
         monitor = hybrid.monitor
         try:
             await monitor.refresh()
@@ -265,9 +267,9 @@ async def _decide(settings: Settings, url: str, limit: int) -> _Decisions:
                 await asyncio.to_thread(monitor.kubernetes.sync_once)
             routes = []
             for spec in specs:
-                decision = hybrid.decide(spec)
-                route = decision.executor or "unavailable"
-                routes.append(_route_row(spec, routing, hybrid.pin(spec), route, decision.fallback))
+                route = hybrid.route_preview(spec)
+                pin = route.executor if route.pinned else None
+                routes.append(_route_row(spec, routing, pin, route.executor, route.fallback))
             return _Decisions(
                 routes=routes,
                 failures=failures,

@@ -26,15 +26,12 @@ from app.api.schemas import (
 )
 from app.config import Settings
 from app.core.tasks import (
-    ExecutorUnavailable,
     InvalidTaskArgs,
     SubmitOptions,
     TaskManager,
     TaskNotFound,
-    TaskSpec,
     TaskStatus,
 )
-from app.core.tasks.executors.base import Executor
 
 # Keywords submit() takes for itself: a task keyword by one of these names cannot be passed
 # through **kwargs (Python would raise TypeError, a 500), so the route refuses it with a 422.
@@ -138,7 +135,7 @@ async def describe_executors(request: Request, manager: Manager) -> ExecutorsRes
                 name=spec.name,
                 weight=spec.weight,
                 queue=spec.queue,
-                route=_route_now(executor, spec),
+                route=executor.route_preview(spec).executor,
                 retries=spec.retries,
                 timeout=spec.timeout,
                 idempotent=spec.idempotent,
@@ -146,17 +143,6 @@ async def describe_executors(request: Request, manager: Manager) -> ExecutorsRes
             for spec in manager.registry
         ],
     )
-
-
-def _route_now(executor: Executor, spec: TaskSpec) -> str:
-    # The hybrid counts every route() in its metrics: a look must not count as a decision.
-    preview = getattr(executor, "preview_route", None)
-    if preview is not None:
-        return preview(spec)
-    try:
-        return executor.route(spec)
-    except ExecutorUnavailable:
-        return "unavailable"
 
 
 @router.get("/{task_id}/status", name="task_status", response_model=TaskRecord, responses=ERRORS)

@@ -33,7 +33,6 @@ from app.core.tasks.execution import WORKER_NAME, mark_interrupted
 from app.core.tasks.executors.wire import redacted_reprs
 from app.core.tasks.models import TaskSpec, TaskStatus
 from app.workers import presence
-from app.workers.celery_app import queue_for
 from app.workers.delivery import Delivery, deliver, new_record, settle_abandoned
 from app.workers.runtime import get_runtime
 
@@ -94,7 +93,7 @@ class TasklaneRequest(Request):
                     retry=retry,
                 )
             )
-            queue = (self.delivery_info or {}).get("routing_key") or queue_for(spec, rt.settings)
+            queue = (self.delivery_info or {}).get("routing_key") or rt.queues.queue_for(spec)
             if rt.redis is not None:
                 presence.mark_done(rt.redis, rt.keys, self.hostname, self.id, queue)
         except Exception:
@@ -165,7 +164,7 @@ class TasklaneTask(Task):
             # No shared store here, or called from an async task body on our own loop (which
             # cannot block on itself): the worker records it when the message arrives.
             return False
-        queue_name = getattr(queue, "name", queue) or queue_for(self.spec, rt.settings)
+        queue_name = getattr(queue, "name", queue) or rt.queues.queue_for(self.spec)
         record = new_record(self.spec, task_id, queue_name, json_args, json_kwargs)
         stored, created = rt.run(rt.store.create(record))
         if created:
@@ -187,7 +186,7 @@ class TasklaneTask(Task):
             task_id=request.id,
             spec=self.spec,
             queue=(request.delivery_info or {}).get("routing_key")
-            or queue_for(self.spec, rt.settings),
+            or rt.queues.queue_for(self.spec),
             hostname=request.hostname or WORKER_NAME,
             args=list(args),
             kwargs=dict(kwargs),

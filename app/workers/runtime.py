@@ -23,6 +23,7 @@ from celery import signals
 from app.config import Settings
 from app.core.redis_client import LoopLocalRedis, PoolLimits
 from app.core.tasks.hooks import TaskHooks, default_hooks
+from app.core.tasks.queues import QueueRouting
 from app.core.tasks.registry import TaskRegistry
 from app.core.tasks.registry import registry as default_registry
 from app.core.tasks.store import ResultStore, create_store
@@ -41,6 +42,8 @@ class Runtime:
         self.store: ResultStore = create_store(settings)
         self.hooks: TaskHooks = default_hooks()
         self.keys = WorkerKeys(settings.key_prefix)
+        #: Built once: a message without a routing key falls back to its task's queue here.
+        self.queues = QueueRouting.from_settings(settings)
         url = settings.store_redis_url
         #: Sync client for the worker keys; None when there is no Redis (no bookkeeping).
         self.redis: redis.Redis | None = (

@@ -4,7 +4,7 @@ The hybrid executor is the real one (build_task_manager with TASKLANE_EXECUTOR=h
 CeleryExecutor, WorkerMonitor polling Redis every monitor_interval), the worker a real
 `celery worker` beating every heartbeat interval. Each cycle:
 
-- new worker: start it; latency = when preview_route(bench_heavy) first says "celery" minus the
+- new worker: start it; latency = when route_preview(bench_heavy) first says "celery" minus the
   worker's first heartbeat (its score in the `workers` ZSET, the worker's own clock, same host).
   Measured from the first heartbeat rather than from the spawn: Python and Celery boot time is
   not the monitor's to win back.
@@ -40,7 +40,7 @@ HEAVY = "bench_heavy"
 
 def _route(manager: TaskManager) -> str:
     executor = manager.executor
-    return executor.preview_route(manager.registry.get(HEAVY))  # type: ignore[attr-defined]
+    return executor.route_preview(manager.registry.get(HEAVY)).executor
 
 
 async def _wait_route(manager: TaskManager, expected: str, limit: float) -> float:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import json
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -16,8 +17,9 @@ import redis
 from celery import Celery
 
 from app.core.tasks.errors import BrokerUnavailable, ExecutorUnavailable
+from app.core.tasks.executors.base import Route, Submission
 from app.core.tasks.executors.celery import CeleryExecutor
-from app.core.tasks.models import TaskResult, TaskStatus
+from app.core.tasks.models import SubmitOptions, TaskResult, TaskStatus
 from app.core.tasks.queues import QueueRouting
 from app.core.tasks.registry import TaskRegistry, task
 from app.core.tasks.store.redis import RedisStore
@@ -66,6 +68,18 @@ def pending(task_id: str, name: str = "heavy_job") -> TaskResult:
     )
 
 
+def planned(
+    executor: CeleryExecutor, task_id: str, name: str = "heavy_job", countdown: float | None = None
+) -> tuple[TaskResult, Route]:
+    """A submit of `name` as the manager runs it: plan(), then the PENDING record it names. The
+    message is left to dispatch() (send_task), which is what these tests watch."""
+    call = Submission(
+        task_id, REGISTRY.get(name), [1, "two"], {"three": 3.0}, SubmitOptions(countdown=countdown)
+    )
+    route = dataclasses.replace(executor.plan(call), message=None)
+    return pending(task_id, name).replace(queue=route.queue), route
+
+
 def read_message(raw: str) -> tuple[dict[str, Any], Any]:
     """kombu's Redis envelope -> (headers, decoded body)."""
     envelope = json.loads(raw)
@@ -98,7 +112,7 @@ async def test_publish_puts_the_message_in_the_queue_list(
 ) -> None:
     executor = make_executor(celery_app, store)
 
-    await executor.dispatch(pending("t-1"))
+    await executor.dispatch(*planned(executor, "t-1"))
 
     assert client.llen("heavy") == 1
     headers, body = read_message(client.lindex("heavy", 0))
@@ -114,7 +128,7 @@ async def test_countdown_becomes_an_eta(
 ) -> None:
     executor = make_executor(celery_app, store)
 
-    await executor.dispatch(pending("t-eta"), countdown=30)
+    await executor.dispatch(*planned(executor, "t-eta", countdown=30))
 
     headers, _ = read_message(client.lindex("heavy", 0))
     assert headers["eta"] is not None
@@ -136,9 +150,22 @@ async def test_configured_queue_names_decide_the_list(
     queues = QueueRouting(light="fast", heavy="gpu-heavy", heavy_tasks=frozenset({"listed_job"}))
     executor = make_executor(celery_app, store, queues=queues)
 
-    await executor.dispatch(pending("t-q", name=name))
+    await executor.dispatch(*planned(executor, "t-q", name=name))
 
     assert client.llen(expected_list) == 1
+
+
+@pytest.mark.asyncio
+async def test_dispatch_publishes_to_the_queue_its_record_names(
+    celery_app: Celery, store: RedisStore, client: redis.Redis
+) -> None:
+    # After submit the record is the source (issue 12): no second routing decision at publish.
+    executor = make_executor(celery_app, store)
+    record, route = planned(executor, "t-rq")
+
+    await executor.dispatch(record.replace(queue="elsewhere"), route)
+
+    assert (client.llen("elsewhere"), client.llen("heavy")) == (1, 0)
 
 
 @pytest.mark.asyncio
@@ -150,7 +177,7 @@ async def test_dead_broker_fails_with_broker_unavailable_within_the_publish_time
     started = time.monotonic()
 
     with pytest.raises(BrokerUnavailable) as caught:
-        await executor.dispatch(pending("t-dead"))
+        await executor.dispatch(*planned(executor, "t-dead"))
 
     assert time.monotonic() - started < 4 * PUBLISH_TIMEOUT
     assert isinstance(caught.value, ExecutorUnavailable)  # the API answers 503 + Retry-After
@@ -234,7 +261,7 @@ async def test_concurrent_publishes_all_land(
 ) -> None:
     executor = make_executor(celery_app, store, publish_timeout=5)
 
-    await asyncio.gather(*(executor.dispatch(pending(f"t-{i}")) for i in range(50)))
+    await asyncio.gather(*(executor.dispatch(*planned(executor, f"t-{i}")) for i in range(50)))
 
     assert client.llen("heavy") == 50
 

@@ -20,11 +20,13 @@ from kombu import Exchange, Queue
 
 from app.config import Settings
 from app.core.tasks.executors import wire
+from app.core.tasks.executors.base import Submission
 from app.core.tasks.executors.celery import CeleryExecutor
 from app.core.tasks.executors.wire import WireFormat, redacted_reprs, same_redis, wire_problem
-from app.core.tasks.models import TaskResult, TaskStatus
+from app.core.tasks.models import SubmitOptions, TaskResult, TaskStatus
 from app.core.tasks.redaction import REDACTED, Redaction
 from app.core.tasks.registry import TaskRegistry, task
+from app.core.tasks.store.redis import RedisStore
 from app.workers.celery_app import create_celery_app
 
 
@@ -39,6 +41,12 @@ def make_record(args: list[Any], kwargs: dict[str, Any], task_id: str = "wire-1"
         args=args,
         kwargs=kwargs,
     )
+
+
+def probe_call(executor: CeleryExecutor) -> Submission:
+    """make_record([1], {})'s task as the manager hands it to plan()."""
+    spec = executor.registry.get("wire_probe")
+    return Submission("wire-1", spec, [1], {}, SubmitOptions())
 
 
 @pytest.fixture
@@ -295,12 +303,11 @@ def test_an_untested_release_publishes_with_send_task_and_says_so_once(
     release: str,
 ) -> None:
     monkeypatch.setattr(wire, release, lambda: "99.0.0")
-    executor = CeleryExecutor(app, None, registry=TaskRegistry())  # type: ignore[arg-type]
+    executor = CeleryExecutor(app, RedisStore(redis_url), registry=TaskRegistry())
+    task("wire_probe", target=executor.registry)(lambda *args, **kwargs: None)
 
     with caplog.at_level(logging.INFO, logger="tasklane.celery"):
-        pushes = [
-            executor.message_for(make_record([1], {}), None, push_url=redis_url) for _ in range(3)
-        ]
+        pushes = [executor.plan(probe_call(executor)).message for _ in range(3)]
 
     assert pushes == [None, None, None]
     problem = wire_problem(app, redis_url)
@@ -312,11 +319,10 @@ def test_an_untested_release_publishes_with_send_task_and_says_so_once(
 
 
 def test_a_tested_release_publishes_with_the_record(app: Celery, redis_url: str) -> None:
-    executor = CeleryExecutor(app, None, registry=TaskRegistry())  # type: ignore[arg-type]
-    registry = executor.registry
-    task("wire_probe", target=registry)(lambda *args, **kwargs: None)
+    executor = CeleryExecutor(app, RedisStore(redis_url), registry=TaskRegistry())
+    task("wire_probe", target=executor.registry)(lambda *args, **kwargs: None)
 
-    push = executor.message_for(make_record([1], {}), None, push_url=redis_url)
+    push = executor.plan(probe_call(executor)).message
 
     assert push is not None
     assert push.key == "light"

@@ -257,12 +257,12 @@ async def test_dead_worker_means_local_again(planes: Callable[..., Any]) -> None
     plane = await planes()
     plane.beat()
     await plane.see()
-    assert plane.hybrid.preview_route(REGISTRY_.get("hr_heavy")) == "celery"
+    assert plane.hybrid.route_preview(REGISTRY_.get("hr_heavy")).executor == "celery"
 
     plane.kill()
     await plane.see()
 
-    assert plane.hybrid.preview_route(REGISTRY_.get("hr_heavy")) == "background"
+    assert plane.hybrid.route_preview(REGISTRY_.get("hr_heavy")).executor == "background"
 
 
 @pytest.mark.asyncio
@@ -292,7 +292,7 @@ async def test_heavy_with_fallback_false_and_no_worker_is_refused_with_retry_aft
     assert caught.value.http_status == 503
     assert caught.value.retry_after >= 1
     assert await plane.manager.list(name="hr_heavy_strict") == []  # nothing was recorded
-    assert plane.hybrid.preview_route(REGISTRY_.get("hr_heavy_strict")) == "unavailable"
+    assert plane.hybrid.route_preview(REGISTRY_.get("hr_heavy_strict")).executor == "unavailable"
 
 
 # -- rule 3: light ---------------------------------------------------------------------------------
@@ -513,15 +513,35 @@ async def test_deadline_checker_runs_on_its_own_once_started(planes: Callable[..
 
 
 @pytest.mark.asyncio
-async def test_preview_route_counts_nothing(planes: Callable[..., Any]) -> None:
+async def test_route_preview_counts_nothing(planes: Callable[..., Any]) -> None:
     plane = await planes()
     spec = REGISTRY_.get("hr_heavy")
     before = decisions("hr_heavy", "background"), fallbacks("hr_heavy", "no_workers")
 
     for _ in range(5):
-        assert plane.hybrid.preview_route(spec) == "background"
+        assert plane.hybrid.route_preview(spec).executor == "background"
 
     assert (decisions("hr_heavy", "background"), fallbacks("hr_heavy", "no_workers")) == before
+
+
+@pytest.mark.asyncio
+async def test_a_submit_to_celery_looks_its_task_up_once(
+    planes: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The manager resolves the spec; plan, publish and dispatch deadline reuse it or the
+    record (issue 12), where each used to look it up again (the publisher thread still reads
+    the spec's redaction for send_task's argsrepr)."""
+    plane = await planes(scale_from_zero=True)
+    seen: list[str] = []
+    get = REGISTRY_.get
+    monkeypatch.setattr(REGISTRY_, "get", lambda name: seen.append(name) or get(name))
+
+    task_id = await plane.manager.submit("hr_heavy", "x")
+
+    assert seen == ["hr_heavy", "hr_heavy"]
+    assert (await plane.store.get(task_id)).queue == "heavy"
+    assert plane.redis.llen("heavy") == 1
+    assert len(plane.hybrid.deadline) == 1
 
 
 @pytest.mark.asyncio
@@ -616,7 +636,7 @@ def test_factory_builds_celery_alone_when_asked(redis_url: str) -> None:
     manager = build_task_manager(settings, registry=REGISTRY_)
 
     assert isinstance(manager.executor, CeleryExecutor)
-    assert manager.executor.route(REGISTRY_.get("hr_light")) == "celery"
+    assert manager.executor.route_preview(REGISTRY_.get("hr_light")).executor == "celery"
 
 
 def test_single_mode_never_imports_the_celery_app() -> None:

@@ -2,7 +2,7 @@
 
 A real redis-server counts every command it serves (INFO commandstats). During 1000 routed
 submits with the WorkerMonitor polling, the commands that read worker state grow with the
-monitor's own ticks, never with the submits; with the server stopped, route() still answers
+monitor's own ticks, never with the submits; with the server stopped, plan() still answers
 1000 times from the cache.
 """
 
@@ -17,8 +17,9 @@ import pytest_asyncio
 import redis
 from celery import Celery
 
-from app.core.tasks import TaskManager
+from app.core.tasks import SubmitOptions, TaskManager
 from app.core.tasks.executors.background import BackgroundTasksExecutor
+from app.core.tasks.executors.base import Submission
 from app.core.tasks.executors.celery import CeleryExecutor
 from app.core.tasks.executors.hybrid import HybridExecutor
 from app.core.tasks.monitor import WorkerMonitor
@@ -178,12 +179,18 @@ async def test_routes_without_any_redis_traffic_when_nothing_goes_to_celery(
 async def test_route_answers_from_the_cache_with_redis_stopped(
     plane: Plane, own_redis: RedisServer
 ) -> None:
-    heavy, light = REGISTRY_.get("io_heavy"), REGISTRY_.get("io_light")
-    assert plane.hybrid.route(heavy) == "celery"
+    heavy, light = (
+        Submission(name, REGISTRY_.get(name), [1], {}, SubmitOptions())
+        for name in ("io_heavy", "io_light")
+    )
+    assert plane.hybrid.plan(heavy).executor == "celery"
     own_redis.stop()
     try:
         started = time.monotonic()
-        answers = {(plane.hybrid.route(heavy), plane.hybrid.route(light)) for _ in range(SUBMITS)}
+        answers = {
+            (plane.hybrid.plan(heavy).executor, plane.hybrid.plan(light).executor)
+            for _ in range(SUBMITS)
+        }
         elapsed = time.monotonic() - started
     finally:
         own_redis.start()

@@ -17,6 +17,7 @@ import pytest_asyncio
 from app.core.tasks import TaskContext, TaskManager, TaskResult, TaskStatus, task
 from app.core.tasks.execution import execute, retry_delay
 from app.core.tasks.executors.background import BackgroundTasksExecutor
+from app.core.tasks.executors.base import Route
 from app.core.tasks.hooks import TaskHooks
 from app.core.tasks.models import Progress, SubmitOptions, TaskSpec
 from app.core.tasks.registry import registry
@@ -501,7 +502,7 @@ async def test_record_naming_an_unregistered_task_fails_when_run(
     )
     await store.create(record)
 
-    await manager.executor.dispatch(record)
+    await manager.executor.dispatch(record, Route(executor="background", queue="light"))
     final = await manager.wait("orphan-1", timeout=10)
     await manager.executor.wait_all(timeout=10)
 

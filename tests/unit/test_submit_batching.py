@@ -256,6 +256,24 @@ async def test_hybrid_tracks_the_dispatch_deadline_of_tasks_sent_with_their_reco
     assert RUNS == ["local"]
 
 
+@pytest.mark.asyncio
+async def test_a_hybrid_submit_sent_with_its_record_looks_its_task_up_once(
+    make_api: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The manager resolves the spec; plan (route, queue, message) and the dispatch deadline
+    # reuse it or the record (issue 12) instead of looking it up again each.
+    api = await make_api(hybrid=True)
+    seen: list[str] = []
+    get = REGISTRY_.get
+    monkeypatch.setattr(REGISTRY_, "get", lambda name: seen.append(name) or get(name))
+
+    task_id = await api.manager.submit("sb_heavy", "remote")
+
+    assert seen == ["sb_heavy"]
+    assert task_ids(api.queued("heavy")) == [task_id]
+    assert len(api.executor.deadline) == 1
+
+
 # -- publishing to a broker elsewhere: one producer, one batch -------------------------------------
 
 

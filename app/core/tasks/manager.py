@@ -1,8 +1,10 @@
 """TaskManager: the one API application code uses to run background work.
 
-submit() validates the name and arguments, writes the PENDING record, then hands the task to
-the configured executor; everything else reads or changes records in the shared store, so the
-answer never depends on which executor (or which process) ran the task. submit_many() does the
+submit() is one pass: it validates the name and arguments, asks the executor's plan() where
+the task goes (no I/O), writes the PENDING record (with the broker message, when it can go out
+in the same store call), then calls the executor's dispatch() once; everything else reads or
+changes records in the shared store, so the answer never depends on which executor (or which
+process) ran the task. submit_many() does the
 same for a batch in bulk: every call checked first, one store write, one dispatch_many().
 """
 
@@ -26,11 +28,11 @@ from app.core.tasks.errors import (
     UnsupportedOption,
 )
 from app.core.tasks.execution import mark_interrupted
+from app.core.tasks.executors.base import Route, Submission
 from app.core.tasks.hooks import TaskHooks
 from app.core.tasks.models import (
     SubmitOptions,
     TaskResult,
-    TaskSpec,
     TaskStatus,
     is_clean_id,
     utcnow,
@@ -58,16 +60,6 @@ class TaskCall:
     args: Sequence[Any] = ()
     kwargs: dict[str, Any] = field(default_factory=dict)
     options: SubmitOptions | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class _Checked:
-    """A call that passed submit's checks: its spec, JSON-safe arguments and options."""
-
-    spec: TaskSpec
-    args: list[Any]
-    kwargs: dict[str, Any]
-    options: SubmitOptions
 
 
 class TaskManager:
@@ -115,25 +107,18 @@ class TaskManager:
         StoreFull: the memory store's budget is taken by unfinished tasks, nothing written).
         """
         began = time.perf_counter()
-        checked = self._check(name, args, kwargs, options)
-        record = self._record(checked)
-        countdown = checked.options.countdown
-        # Celery on the store's own Redis: the message goes out in the record's own step.
-        push = self.executor.message_for(record, countdown, push_url=self.store.push_url)
-        stored, created = await self.store.create(record, push=push)
+        call = self._check(name, args, kwargs, options)
+        route = self.executor.plan(call)
+        # With a route.message (Celery on the store's own Redis) the message goes out in the
+        # record's own step.
+        stored, created = await self.store.create(self._record(call, route), push=route.message)
         if not created:
             return stored.task_id  # idempotent re-submit: the first submission stands
-        if push is not None:
-            self.executor.sent_with_record(stored, countdown)
-        else:
-            try:
-                await self.executor.dispatch(
-                    stored, background_tasks=background_tasks, countdown=countdown
-                )
-            except ExecutorUnavailable as exc:
-                reason = f"not dispatched: {exc}"
-                await mark_interrupted(self.store, stored.task_id, reason, self.hooks)
-                raise
+        try:
+            await self.executor.dispatch(stored, route, background_tasks=background_tasks)
+        except ExecutorUnavailable as exc:
+            await mark_interrupted(self.store, stored.task_id, f"not dispatched: {exc}", self.hooks)
+            raise
         self._submitted(stored, time.perf_counter() - began)
         return stored.task_id
 
@@ -154,32 +139,23 @@ class TaskManager:
         checked = [self._check(c.name, c.args, c.kwargs, c.options) for c in calls]
         if not checked:
             return []
-        # Routed only once every call passed its checks (routing counts its decisions).
-        records = [self._record(call) for call in checked]
-        push_url = self.store.push_url
-        pushes = [
-            self.executor.message_for(record, call.options.countdown, push_url=push_url)
-            for record, call in zip(records, checked, strict=True)
+        # Planned only once every call passed its checks (planning counts routing decisions).
+        routes = [self.executor.plan(call) for call in checked]
+        stored = await self.store.create_many(
+            [self._record(call, route) for call, route in zip(checked, routes, strict=True)],
+            pushes=[route.message for route in routes],
+        )
+        batch = [
+            (record, route)
+            for (record, created), route in zip(stored, routes, strict=True)
+            if created
         ]
-        stored = await self.store.create_many(records, pushes=pushes)
-        sent: list[TaskResult] = []
-        batch: list[tuple[TaskResult, float | None]] = []
-        for (record, created), call, push in zip(stored, checked, pushes, strict=True):
-            if not created:
-                continue
-            if push is not None:
-                self.executor.sent_with_record(record, call.options.countdown)
-                sent.append(record)
-            else:
-                batch.append((record, call.options.countdown))
         outcomes = (
             await self.executor.dispatch_many(batch, background_tasks=background_tasks)
             if batch
             else []
         )
         share = (time.perf_counter() - began) / len(checked)
-        for record in sent:
-            self._submitted(record, share)
         refused: ExecutorUnavailable | None = None
         for (record, _), failure in zip(batch, outcomes, strict=True):
             if failure is None:
@@ -266,26 +242,25 @@ class TaskManager:
         args: Sequence[Any],
         kwargs: dict[str, Any],
         options: SubmitOptions | None,
-    ) -> _Checked:
+    ) -> Submission:
         """Everything submit refuses before writing: name, options, arguments (no I/O)."""
         options = options or SubmitOptions()
         spec = self.registry.get(name)
         self._check_options(options)
         limit = options.max_args_bytes or self.max_args_bytes
         json_args, json_kwargs = normalise_arguments(spec, tuple(args), kwargs, max_bytes=limit)
-        return _Checked(spec, json_args, json_kwargs, options)
+        task_id = options.task_id or str(uuid.uuid4())
+        return Submission(task_id, spec, json_args, json_kwargs, options)
 
-    def _record(self, call: _Checked) -> TaskResult:
-        """The PENDING record of a checked call, routed (the hybrid decides without I/O).
-
-        Raises ExecutorUnavailable when no executor may take the task now.
-        """
+    @staticmethod
+    def _record(call: Submission, route: Route) -> TaskResult:
+        """The PENDING record of a checked call, as planned."""
         return TaskResult(
-            task_id=call.options.task_id or str(uuid.uuid4()),
+            task_id=call.task_id,
             name=call.spec.name,
             status=TaskStatus.PENDING,
-            executor=self.executor.route(call.spec),
-            queue=self.executor.queue_for(call.spec),
+            executor=route.executor,
+            queue=route.queue,
             args=call.args,
             kwargs=call.kwargs,
             submitted_at=utcnow(),

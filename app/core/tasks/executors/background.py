@@ -30,6 +30,7 @@ from app.core.tasks.registry import registry as default_registry
 if TYPE_CHECKING:
     from fastapi import BackgroundTasks
 
+    from app.core.tasks.executors.base import Route
     from app.core.tasks.models import TaskResult
     from app.core.tasks.store import ResultStore
 
@@ -130,17 +131,13 @@ class BackgroundTasksExecutor(Executor):
     # -- dispatch and cancel ---------------------------------------------------------------
 
     async def dispatch(
-        self,
-        record: TaskResult,
-        *,
-        background_tasks: BackgroundTasks | None = None,
-        countdown: float | None = None,
+        self, record: TaskResult, route: Route, *, background_tasks: BackgroundTasks | None = None
     ) -> None:
         await self.start()
         if not self._accepting:
             raise ExecutorUnavailable("the in-process runner is shutting down", retry_after=2)
         await self.store.claim(record.task_id, self.runner_id)
-        task_id, delay = record.task_id, countdown or 0.0
+        task_id, delay = record.task_id, route.countdown or 0.0
 
         def start() -> None:
             self._schedule(task_id, delay)

@@ -1,8 +1,15 @@
-"""The Executor contract: four methods and capability flags the manager checks before dispatch."""
+"""The Executor contract: plan() before the record is written, dispatch() after, cancel(), and
+capability flags the manager checks before either.
+
+A submit is one pass (DESIGN.md §3): the manager checks the call, asks plan() where it goes (no
+I/O), writes the PENDING record (with the broker message, when plan() could build one for the
+store to push), then hands the record and its Route to dispatch().
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from app.core.tasks.errors import ExecutorUnavailable
@@ -10,15 +17,53 @@ from app.core.tasks.errors import ExecutorUnavailable
 if TYPE_CHECKING:
     from fastapi import BackgroundTasks
 
-    from app.core.tasks.models import TaskResult, TaskSpec
+    from app.core.tasks.metrics import FallbackReason
+    from app.core.tasks.models import SubmitOptions, TaskResult, TaskSpec
     from app.core.tasks.store import QueuePush
 
-#: What submit_many hands to dispatch_many: each new PENDING record with its countdown.
-Batch = Sequence[tuple["TaskResult", "float | None"]]
+
+@dataclass(frozen=True, slots=True)
+class Submission:
+    """A call that passed submit's checks: its id, spec, JSON-safe arguments and options."""
+
+    task_id: str
+    spec: TaskSpec
+    args: list[Any]
+    kwargs: dict[str, Any]
+    options: SubmitOptions
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Route:
+    """Where one task goes, decided by plan() before its record is written."""
+
+    #: Written into record.executor ("background", "celery"; "unavailable" only in a preview).
+    executor: str
+    #: Written into record.queue: the Celery queue where one is used.
+    queue: str
+    #: Seconds before the first attempt (SubmitOptions.countdown).
+    countdown: float | None = None
+    #: Slot for priorities (a later issue); None while no executor supports_priority.
+    priority: int | None = None
+    #: The broker message the store pushes with the record (its Redis is the broker): once
+    #: the record is created, the message is out and dispatch() only does bookkeeping.
+    message: QueuePush | None = None
+    #: Why this is not the first choice (fallbacks{reason}), None when it is.
+    fallback: FallbackReason | None = None
+    #: Set by configuration or the spec (TASKLANE_ROUTES, @task(executor=...)), not decided.
+    pinned: bool = False
+
+
+#: What submit_many hands to dispatch_many: each new PENDING record with its Route.
+Batch = Sequence[tuple["TaskResult", Route]]
 
 
 class Executor:
-    """Base class; subclasses flip the flags they honour and implement the four methods."""
+    """Base class; subclasses flip the flags they honour and implement dispatch and cancel."""
 
     #: Short name written into records and metrics labels ("background", "celery").
     name: str = "executor"
@@ -33,56 +78,43 @@ class Executor:
     #: Does a queued task survive the api process restarting?
     durable: bool = False
 
+    def plan(self, call: Submission) -> Route:
+        """Where this task goes (counted in routing metrics where the executor decides), and
+        the broker message for the store to push with the record when it can go out that way.
+
+        No network I/O (it runs inside submit). Raises ExecutorUnavailable when no executor
+        may take the task now.
+        """
+        return Route(executor=self.name, queue=call.spec.queue, countdown=call.options.countdown)
+
+    def route_preview(self, spec: TaskSpec) -> Route:
+        """Where a task of this spec would go if submitted now, counting nothing (executor
+        "unavailable" when submit would answer 503). No message, no I/O."""
+        return Route(executor=self.name, queue=spec.queue)
+
     async def dispatch(
-        self,
-        record: TaskResult,
-        *,
-        background_tasks: BackgroundTasks | None = None,
-        countdown: float | None = None,
+        self, record: TaskResult, route: Route, *, background_tasks: BackgroundTasks | None = None
     ) -> None:
-        """Start (or queue) the task whose PENDING record was just written. With
-        background_tasks, an in-process start waits until the HTTP response is sent."""
+        """Start (or queue) the task whose PENDING record was just written per `route`; when
+        route.message went out with the record, bookkeeping only. With background_tasks, an
+        in-process start waits until the HTTP response is sent."""
         raise NotImplementedError
 
     async def dispatch_many(
         self, batch: Batch, *, background_tasks: BackgroundTasks | None = None
     ) -> Sequence[ExecutorUnavailable | None]:
-        """dispatch() each (record, countdown) in order; per task, None when it was handed
-        over, else the ExecutorUnavailable that refused it (the others still go ahead).
-        Executors that can publish in bulk override this."""
+        """dispatch() each (record, route) in order; per task, None when it was handed over,
+        else the ExecutorUnavailable that refused it (the others still go ahead). Executors
+        that can publish in bulk override this."""
         outcomes: list[ExecutorUnavailable | None] = []
-        for record, countdown in batch:
+        for record, route in batch:
             try:
-                await self.dispatch(record, background_tasks=background_tasks, countdown=countdown)
+                await self.dispatch(record, route, background_tasks=background_tasks)
             except ExecutorUnavailable as exc:
                 outcomes.append(exc)
             else:
                 outcomes.append(None)
         return outcomes
-
-    def message_for(
-        self, record: TaskResult, countdown: float | None, *, push_url: str | None
-    ) -> QueuePush | None:
-        """The broker message the store should push with the record, when the store's Redis
-        (push_url) is this executor's broker; None: dispatch() once the record is written.
-        No I/O (it runs inside submit)."""
-        return None
-
-    def sent_with_record(self, record: TaskResult, countdown: float | None) -> None:
-        """The message_for() message went out with its newly created record (instead of a
-        dispatch()): bookkeeping only, no I/O."""
-
-    def route(self, spec: TaskSpec) -> str:
-        """Name of the executor that will run a task of this spec, written into its record.
-
-        Must not do network I/O (it runs inside submit). Raises ExecutorUnavailable when no
-        executor may take the task now.
-        """
-        return self.name
-
-    def queue_for(self, spec: TaskSpec) -> str:
-        """The queue name written into the record (the Celery queue where one is used)."""
-        return spec.queue
 
     async def cancel(self, task_id: str) -> None:
         """Stop the task if it is here (the manager has already updated its record)."""

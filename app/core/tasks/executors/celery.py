@@ -15,7 +15,7 @@ dispatch_many() (submit_many) publishes a whole batch through one producer, on o
 inside kombu's Producer.batch() where kombu has it (>= 5.7: one Redis pipeline per chunk of
 PUBLISH_CHUNK messages), else one send_task after another on that producer.
 
-When the broker is the result store's own Redis, none of that runs for most tasks: message_for()
+When the broker is the result store's own Redis, none of that runs for most tasks: plan()
 encodes the message (executors/wire.py) and the store pushes it in the script that writes the
 PENDING record, so there is nothing left to publish, and nothing that can fail separately.
 """
@@ -31,7 +31,7 @@ from kombu.exceptions import KombuError
 from redis.exceptions import RedisError
 
 from app.core.tasks.errors import BrokerUnavailable, StoreUnavailable
-from app.core.tasks.executors.base import Batch, Executor
+from app.core.tasks.executors.base import Batch, Executor, Route
 from app.core.tasks.executors.publisher import Publisher
 from app.core.tasks.executors.wire import WireFormat, redacted_reprs, wire_problem
 from app.core.tasks.hooks import TaskHooks
@@ -44,7 +44,8 @@ if TYPE_CHECKING:
     from celery import Celery
     from fastapi import BackgroundTasks
 
-    from app.core.tasks.models import TaskResult, TaskSpec
+    from app.core.tasks.executors.base import Submission
+    from app.core.tasks.models import TaskResult
     from app.core.tasks.store import QueuePush, ResultStore
 
 log = logging.getLogger("tasklane.celery")
@@ -56,8 +57,8 @@ BROKER_ERRORS: tuple[type[BaseException], ...] = (KombuError, RedisError, OSErro
 #: batch of any size gets time in proportion, and a dead broker still fails within one timeout.
 PUBLISH_CHUNK = 500
 
-#: One message to publish: (task record, Celery queue, countdown).
-_Message = tuple["TaskResult", str, "float | None"]
+#: One message to publish: (task record, whose queue it goes to, countdown).
+_Message = tuple["TaskResult", "float | None"]
 
 
 class CeleryExecutor(Executor):
@@ -66,8 +67,8 @@ class CeleryExecutor(Executor):
     supports_cancel_running = True
     supports_retry = True
     supports_delay = True
-    # Celery could honour one, but dispatch() receives no priority to pass on: accepting the
-    # option would silently ignore it. Flip once the manager hands the priority to dispatch().
+    # Celery could honour one, but plan() does not fill Route.priority yet: accepting the
+    # option would silently ignore it. Flip once it does (and dispatch() passes it on).
     supports_priority = False
     durable = True
 
@@ -93,17 +94,26 @@ class CeleryExecutor(Executor):
         self.queues = queues or QueueRouting()
         self.registry = registry
         self.publisher = Publisher(threads=publish_threads)
-        #: May messages go out in the record's own store step (message_for), where possible?
+        #: May messages go out in the record's own store step (message()), where possible?
         self.publish_with_record = publish_with_record
         self._wire_url: str | None = None
         self._wire: WireFormat | None = None
 
-    def queue_for(self, spec: TaskSpec) -> str:
-        return self.queues.queue_for(spec)
+    def plan(self, call: Submission) -> Route:
+        queue = self.queues.queue_for(call.spec)
+        countdown = call.options.countdown
+        return Route(
+            executor=self.name,
+            queue=queue,
+            countdown=countdown,
+            message=self.message(call, queue, countdown),
+        )
 
-    def message_for(
-        self, record: TaskResult, countdown: float | None, *, push_url: str | None
-    ) -> QueuePush | None:
+    def message(self, call: Submission, queue: str, countdown: float | None) -> QueuePush | None:
+        """The broker message the store should push with the call's record, when the store's
+        Redis is this executor's broker; None: dispatch() publishes it once the record is
+        written. No I/O (it runs inside submit)."""
+        push_url = self.store.push_url
         if push_url != self._wire_url:  # decided once per store URL, not per message
             self._wire_url = push_url
             problem = self.publish_problem(push_url)
@@ -112,8 +122,7 @@ class CeleryExecutor(Executor):
                 log.info("tasks are published with send_task, not with their records: %s", problem)
         if self._wire is None:
             return None
-        spec = self.registry.get(record.name)
-        return self._wire.push(record, self.queues.queue_for(spec), countdown, spec.redaction)
+        return self._wire.push(call, queue, countdown, call.spec.redaction)
 
     def publish_problem(self, push_url: str | None) -> str | None:
         """Why messages cannot go out with their records in a store at push_url (None: they
@@ -123,24 +132,22 @@ class CeleryExecutor(Executor):
         return wire_problem(self.celery_app, push_url)
 
     async def dispatch(
-        self,
-        record: TaskResult,
-        *,
-        background_tasks: BackgroundTasks | None = None,
-        countdown: float | None = None,
+        self, record: TaskResult, route: Route, *, background_tasks: BackgroundTasks | None = None
     ) -> None:
-        """Publish the task to its queue now (background_tasks does not delay a publish: its
-        failure must reach the caller as a 503 or a local fallback).
+        """Publish the task to record.queue now, unless route.message went out with the record
+        (background_tasks does not delay a publish: its failure must reach the caller as a 503
+        or a local fallback).
 
-        Raises BrokerUnavailable when the broker does not take it within publish_timeout
-        (UnknownTaskError for a name no longer registered).
+        Raises BrokerUnavailable when the broker does not take it within publish_timeout.
         """
-        message = (record, self.queues.queue_for(self.registry.get(record.name)), countdown)
+        if route.message is not None:
+            return
+        message = (record, route.countdown)
         try:
             await self.publisher.call(self._send, message, None, timeout=self.publish_timeout)
         except TimeoutError:
             raise BrokerUnavailable(
-                f"publishing to queue {message[1]!r} took longer than {self.publish_timeout:g} s"
+                f"publishing to queue {record.queue!r} took longer than {self.publish_timeout:g} s"
             ) from None
         except BROKER_ERRORS as exc:
             raise BrokerUnavailable(f"{type(exc).__name__}: {exc}") from exc
@@ -148,23 +155,22 @@ class CeleryExecutor(Executor):
     async def dispatch_many(
         self, batch: Batch, *, background_tasks: BackgroundTasks | None = None
     ) -> list[BrokerUnavailable | None]:
-        """Publish every (record, countdown) of the batch, PUBLISH_CHUNK messages per
-        publisher job on one producer; per task, None when its message was handed over, else
-        the BrokerUnavailable that stopped it. A chunk that fails counts wholly as failed
-        (a batch flush that fails leaves delivery uncertain), and once one fails the rest are
-        not tried: the broker is down.
+        """Publish every (record, route) of the batch whose message did not go out with its
+        record, PUBLISH_CHUNK messages per publisher job on one producer; per task, None when
+        its message was handed over, else the BrokerUnavailable that stopped it. A chunk that
+        fails counts wholly as failed (a batch flush that fails leaves delivery uncertain), and
+        once one fails the rest are not tried: the broker is down.
         """
-        messages = [
-            (record, self.queues.queue_for(self.registry.get(record.name)), countdown)
-            for record, countdown in batch
-        ]
-        outcomes: list[BrokerUnavailable | None] = []
+        outcomes: list[BrokerUnavailable | None] = [None] * len(batch)
+        unsent = [index for index, (_, route) in enumerate(batch) if route.message is None]
         failure: BrokerUnavailable | None = None
-        for start in range(0, len(messages), PUBLISH_CHUNK):
-            chunk = messages[start : start + PUBLISH_CHUNK]
+        for start in range(0, len(unsent), PUBLISH_CHUNK):
+            indexes = unsent[start : start + PUBLISH_CHUNK]
             if failure is None:
+                chunk = [(batch[index][0], batch[index][1].countdown) for index in indexes]
                 failure = await self._publish_chunk(chunk)
-            outcomes += [failure] * len(chunk)
+            for index in indexes:
+                outcomes[index] = failure
         return outcomes
 
     async def _publish_chunk(self, chunk: Sequence[_Message]) -> BrokerUnavailable | None:
@@ -181,13 +187,13 @@ class CeleryExecutor(Executor):
     # -- on a publisher thread ---------------------------------------------------------------
 
     def _send(self, message: _Message, producer: Any) -> None:
-        record, queue, countdown = message
+        record, countdown = message
         redaction = self.registry.get(record.name).redaction
         self.celery_app.send_task(
             record.name,
             args=record.args,
             kwargs=record.kwargs,
-            queue=queue,
+            queue=record.queue,
             task_id=record.task_id,
             countdown=countdown,
             retry=False,

@@ -18,7 +18,7 @@ At dispatch:
 Moving a task in 4 and 5 is one compare-and-set on its record, so it runs exactly once
 (executors/takeback.py). A pinned task is never moved: pinned to Celery it is treated like
 fallback=False at dispatch. When the broker is the store's own Redis, a Celery-bound message is
-written with its record (CeleryExecutor.message_for): rule 4 cannot apply (no record, no
+written with its record (plan() asks CeleryExecutor.message()): rule 4 cannot apply (no record, no
 message), rule 5 does. submit_many publishes its Celery-bound tasks in one batch (rule 4 per
 task whose publish failed), then starts the in-process ones.
 """
@@ -27,12 +27,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from app.core.tasks import metrics
 from app.core.tasks.errors import BrokerUnavailable, ExecutorUnavailable, StoreUnavailable
-from app.core.tasks.executors.base import Batch, Executor
+from app.core.tasks.executors.base import Batch, Executor, Route
 from app.core.tasks.executors.takeback import DispatchDeadline, take_back
 from app.core.tasks.hooks import TaskHooks
 from app.core.tasks.queues import QueueRouting
@@ -43,24 +42,17 @@ if TYPE_CHECKING:
     from fastapi import BackgroundTasks
 
     from app.core.tasks.executors.background import BackgroundTasksExecutor
+    from app.core.tasks.executors.base import Submission
     from app.core.tasks.executors.celery import CeleryExecutor
     from app.core.tasks.metrics import FallbackReason
     from app.core.tasks.models import TaskResult, TaskSpec
     from app.core.tasks.monitor import WorkerMonitor
-    from app.core.tasks.store import QueuePush, ResultStore
+    from app.core.tasks.store import ResultStore
 
 log = logging.getLogger("tasklane.hybrid")
 
-#: What preview_route() answers for a task that submit would refuse with a 503.
+#: What route_preview() answers for a task that submit would refuse with a 503.
 UNAVAILABLE = "unavailable"
-
-
-@dataclass(frozen=True, slots=True)
-class Route:
-    """One routing decision: the executor (None: refuse) and why it is not the first choice."""
-
-    executor: str | None
-    fallback: FallbackReason | None = None
 
 
 class HybridExecutor(Executor):
@@ -114,81 +106,77 @@ class HybridExecutor(Executor):
 
     # -- routing (no I/O) ------------------------------------------------------------------------
 
-    def pin(self, spec: TaskSpec) -> str | None:
+    def _pin(self, spec: TaskSpec) -> str | None:
         """The executor the configuration (or the spec) pins this task to, if any."""
         return self.routes.get(spec.name) or spec.executor
 
-    def decide(self, spec: TaskSpec) -> Route:
-        """The routing rules, side-effect free (reads the monitor's cache and the runner)."""
-        pinned = self.pin(spec)
-        if pinned is not None:
-            return Route(pinned)
+    def route_preview(self, spec: TaskSpec) -> Route:
+        """The routing rules, side-effect free (reads the monitor's cache and the runner);
+        executor UNAVAILABLE where submit would answer 503."""
         queue = self.queues.queue_for(spec)
+        pinned = self._pin(spec)
+        if pinned is not None:
+            return Route(executor=pinned, queue=queue, pinned=True)
+        fallback: FallbackReason | None = None
         if self.queues.is_heavy(spec):
             if not self.monitor.can_serve(queue):
-                return Route("background" if spec.fallback else None, "no_workers")
-            if not self.monitor.broker_up:
+                fallback = "no_workers"
+            elif not self.monitor.broker_up:
                 # Unreachable at the monitor's last look: a publish would only wait out its
                 # timeout before falling back (rule 4), so fall back now.
-                return Route("background" if spec.fallback else None, "broker_down")
-            return Route("celery")
+                fallback = "broker_down"
+            else:
+                return Route(executor="celery", queue=queue)
+            executor = "background" if spec.fallback else UNAVAILABLE
+            return Route(executor=executor, queue=queue, fallback=fallback)
         if self.background.saturated and self.monitor.broker_up and self.monitor.can_serve(queue):
-            return Route("celery", "saturated")
-        return Route("background")
+            return Route(executor="celery", queue=queue, fallback="saturated")
+        return Route(executor="background", queue=queue)
 
-    def route(self, spec: TaskSpec) -> str:
+    def plan(self, call: Submission) -> Route:
         """Decide and count the decision (routing_decisions, and fallbacks when not first
-        choice).
+        choice); a Celery-bound task gets its message for the store when it can have one.
 
         Raises ExecutorUnavailable for a heavy fallback=False task Celery cannot take now.
         """
-        decision = self.decide(spec)
-        if decision.executor is None:
-            queue = self.queues.queue_for(spec)
+        spec = call.spec
+        decided = self.route_preview(spec)
+        executor = decided.executor
+        if executor == UNAVAILABLE:
             why = (
                 "the Celery broker is unreachable"
-                if decision.fallback == "broker_down"
-                else f"no live Celery worker consumes queue {queue!r}"
+                if decided.fallback == "broker_down"
+                else f"no live Celery worker consumes queue {decided.queue!r}"
             )
             raise ExecutorUnavailable(
                 f"{why}, and task {spec.name!r} may not run in-process (fallback=False)",
                 retry_after=max(round(self.monitor.interval), 1),
             )
-        metrics.count_routing(spec.name, decision.executor)
-        if decision.fallback is not None:
-            metrics.count_fallback(spec.name, decision.fallback)
-        return decision.executor
-
-    def preview_route(self, spec: TaskSpec) -> str:
-        """Where a task of this spec would go if submitted now, counting nothing
-        ("unavailable" when submit would answer 503)."""
-        return self.decide(spec).executor or UNAVAILABLE
+        metrics.count_routing(spec.name, executor)
+        if decided.fallback is not None:
+            metrics.count_fallback(spec.name, decided.fallback)
+        countdown = call.options.countdown
+        return Route(
+            executor=executor,
+            queue=decided.queue,
+            countdown=countdown,
+            message=(
+                self.celery.message(call, decided.queue, countdown)
+                if executor == "celery"
+                else None
+            ),
+            fallback=decided.fallback,
+            pinned=decided.pinned,
+        )
 
     def may_run_locally(self, spec: TaskSpec) -> bool:
         """May a task routed to Celery be moved in-process (publish failure, deadline)?"""
-        return spec.fallback and self.pin(spec) != "celery"
+        return spec.fallback and self._pin(spec) != "celery"
 
     # -- dispatch and cancel ---------------------------------------------------------------------
 
-    def queue_for(self, spec: TaskSpec) -> str:
-        return self.queues.queue_for(spec)
-
-    def message_for(
-        self, record: TaskResult, countdown: float | None, *, push_url: str | None
-    ) -> QueuePush | None:
-        if record.executor != "celery":
-            return None
-        return self.celery.message_for(record, countdown, push_url=push_url)
-
-    def sent_with_record(self, record: TaskResult, countdown: float | None) -> None:
-        self._track(record, countdown)
-
     async def dispatch(
-        self,
-        record: TaskResult,
-        *,
-        background_tasks: BackgroundTasks | None = None,
-        countdown: float | None = None,
+        self, record: TaskResult, route: Route, *, background_tasks: BackgroundTasks | None = None
     ) -> None:
         """Hand the task to the executor its record names; a failed publish runs it here.
 
@@ -196,16 +184,14 @@ class HybridExecutor(Executor):
         ExecutorUnavailable when the in-process runner is shutting down.
         """
         if record.executor != "celery":
-            await self.background.dispatch(
-                record, background_tasks=background_tasks, countdown=countdown
-            )
+            await self.background.dispatch(record, route, background_tasks=background_tasks)
             return
         try:
-            await self.celery.dispatch(record, countdown=countdown)
+            await self.celery.dispatch(record, route)
         except BrokerUnavailable as exc:
-            await self._publish_failed(record, exc, background_tasks, countdown)
+            await self._publish_failed(record, route, exc, background_tasks)
             return
-        self._track(record, countdown)
+        self._track(record, route)
 
     async def dispatch_many(
         self, batch: Batch, *, background_tasks: BackgroundTasks | None = None
@@ -216,21 +202,19 @@ class HybridExecutor(Executor):
         remote = [index for index, (record, _) in enumerate(batch) if record.executor == "celery"]
         published = await self.celery.dispatch_many([batch[index] for index in remote])
         for index, failure in zip(remote, published, strict=True):
-            record, countdown = batch[index]
+            record, route = batch[index]
             if failure is None:
-                self._track(record, countdown)
+                self._track(record, route)
                 continue
             try:
-                await self._publish_failed(record, failure, background_tasks, countdown)
+                await self._publish_failed(record, route, failure, background_tasks)
             except ExecutorUnavailable as exc:
                 outcomes[index] = exc
-        for index, (record, countdown) in enumerate(batch):
+        for index, (record, route) in enumerate(batch):
             if record.executor == "celery":
                 continue
             try:
-                await self.background.dispatch(
-                    record, background_tasks=background_tasks, countdown=countdown
-                )
+                await self.background.dispatch(record, route, background_tasks=background_tasks)
             except ExecutorUnavailable as exc:
                 outcomes[index] = exc
         return outcomes
@@ -246,17 +230,16 @@ class HybridExecutor(Executor):
         else:
             await self.background.cancel(task_id)
 
-    def _track(self, record: TaskResult, countdown: float | None) -> None:
+    def _track(self, record: TaskResult, route: Route) -> None:
         """A message is on its way to Celery: watch its dispatch deadline (rule 5)."""
-        queue = self.queues.queue_for(self.registry.get(record.name))
-        self.deadline.track(record.task_id, record.name, queue, countdown)
+        self.deadline.track(record, route.countdown)
 
     async def _publish_failed(
         self,
         record: TaskResult,
+        route: Route,
         exc: BrokerUnavailable,
         background_tasks: BackgroundTasks | None,
-        countdown: float | None,
     ) -> None:
         spec = self.registry.get(record.name)
         if not self.may_run_locally(spec):
@@ -274,9 +257,7 @@ class HybridExecutor(Executor):
             exc.reason,
             extra={"task_id": record.task_id, "task": record.name, "reason": "broker_down"},
         )
-        await self.background.dispatch(
-            moved, background_tasks=background_tasks, countdown=countdown
-        )
+        await self.background.dispatch(moved, route, background_tasks=background_tasks)
 
     async def check_deadlines(self) -> int:
         """Run the dispatch deadline check now; returns how many tasks were taken back."""

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 from app.core.tasks import metrics
 from app.core.tasks.errors import ExecutorUnavailable, StoreUnavailable, UnknownTaskError
 from app.core.tasks.execution import mark_interrupted
+from app.core.tasks.executors.base import Route
 from app.core.tasks.hooks import TaskHooks
 from app.core.tasks.models import TaskResult, TaskSpec, TaskStatus
 from app.core.tasks.registry import TaskRegistry
@@ -94,10 +95,10 @@ class DispatchDeadline:
     def __len__(self) -> int:
         return len(self._sent)
 
-    def track(self, task_id: str, name: str, queue: str, countdown: float | None) -> None:
-        """Task `task_id` was just published to `queue`, to start after `countdown` s."""
-        self._sent[task_id] = _Sent(
-            name=name, queue=queue, due_at=time.monotonic() + (countdown or 0.0)
+    def track(self, record: TaskResult, countdown: float | None) -> None:
+        """The record's task was just published to record.queue, to start after `countdown` s."""
+        self._sent[record.task_id] = _Sent(
+            name=record.name, queue=record.queue, due_at=time.monotonic() + (countdown or 0.0)
         )
 
     def forget(self, task_id: str) -> None:
@@ -151,7 +152,7 @@ class DispatchDeadline:
         if moved is None:
             return False
         try:
-            await self.background.dispatch(moved)
+            await self.background.dispatch(moved, Route(executor=moved.executor, queue=moved.queue))
         except ExecutorUnavailable as exc:
             await mark_interrupted(self.store, task_id, f"not dispatched: {exc}", self.hooks)
             return False

@@ -52,6 +52,7 @@ from app.core.tasks.store import QueuePush
 if TYPE_CHECKING:
     from celery import Celery
 
+    from app.core.tasks.executors.base import Submission
     from app.core.tasks.models import TaskResult
     from app.core.tasks.redaction import Redaction
 
@@ -131,7 +132,7 @@ class WireFormat:
 
     def push(
         self,
-        record: TaskResult,
+        record: TaskResult | Submission,
         queue: str,
         countdown: float | None,
         redaction: Redaction | None = None,
