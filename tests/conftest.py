@@ -13,7 +13,6 @@ from app.core.tasks import set_task_manager, set_task_manager_builder
 from app.core.tasks.store import ResultStore
 from app.core.tasks.store.memory import MemoryStore
 from app.core.tasks.store.redis import RedisStore
-from app.wiring import build_task_manager
 from tests.support.processes import RedisServer
 
 
@@ -51,11 +50,13 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[ResultStore]:
 @pytest.fixture(autouse=True)
 def _fresh_task_manager() -> Iterator[None]:
     """get_task_manager() builds a new manager per test (its loop dies with the test), from
-    the environment as the test left it, by the composition root's builder."""
+    the environment as the test left it, by the default builder (the installed entry point, as
+    in a user's own tests)."""
     set_task_manager(None)
-    set_task_manager_builder(build_task_manager)
+    set_task_manager_builder(None)
     yield
     set_task_manager(None)
+    set_task_manager_builder(None)
 
 
 @pytest.fixture(autouse=True)

@@ -1,23 +1,62 @@
 """The process-wide manager (app/core/tasks/current.py): the app installs its own; elsewhere
-the builder the composition root names (app.wiring.build_task_manager) makes one on first use;
-with neither, get_task_manager() says what to install instead of guessing."""
+get_task_manager() builds one on first use with the composition root's builder, found through
+the installed package's `tasklane.wiring` entry point (core never imports app.wiring), or with
+a builder set in its place."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
+from importlib.metadata import entry_points
 
 import pytest
 
 from app.config import Settings
-from app.core.tasks import TaskManager, get_task_manager, set_task_manager_builder
+from app.core.tasks import TaskManager, current, get_task_manager, set_task_manager_builder
 from app.wiring import build_task_manager
+from tests.support.processes import REPO_ROOT, clean_environment
 
 
-def test_without_a_manager_or_builder_get_task_manager_names_what_to_install() -> None:
-    set_task_manager_builder(None)
-    with pytest.raises(RuntimeError, match=r"app\.wiring\.build_task_manager"):
+def test_the_installed_package_names_the_composition_root_as_the_default_builder() -> None:
+    group, name = current.BUILDER_ENTRY_POINT
+    (entry_point,) = entry_points(group=group, name=name)
+    assert entry_point.load() is build_task_manager
+
+
+def test_with_nothing_installed_get_task_manager_builds_from_the_environment() -> None:
+    # The migration guide's test example, in a fresh interpreter with no app and no set-up.
+    script = (
+        "import asyncio\n"
+        "from app.core.tasks import get_task_manager\n"
+        "async def main():\n"
+        "    task_manager = get_task_manager()\n"
+        "    task_id = await task_manager.submit('calculate_rating', 'test-id')\n"
+        "    record = await task_manager.wait(task_id, timeout=30)\n"
+        "    print(record.status, record.executor)\n"
+        "    await task_manager.stop(1)\n"
+        "asyncio.run(main())\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=REPO_ROOT,
+        env=clean_environment(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["SUCCESS", "background"]
+
+
+def test_without_the_entry_point_get_task_manager_says_what_to_do(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(current, "BUILDER_ENTRY_POINT", ("tasklane.wiring", "missing"))
+    with pytest.raises(RuntimeError, match=r"set_task_manager_builder"):
         get_task_manager()
 
 
-def test_the_builder_runs_on_first_use_only() -> None:
+def test_a_set_builder_runs_on_first_use_only() -> None:
     built: list[TaskManager] = []
 
     def build() -> TaskManager:
