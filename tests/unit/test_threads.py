@@ -4,6 +4,7 @@ publish), bounded by the caller's timeout, skipping work nobody waits for any mo
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 
@@ -79,3 +80,27 @@ async def test_stop_ends_the_threads_and_a_later_call_starts_new_ones() -> None:
 def test_a_bounded_pool_needs_a_thread() -> None:
     with pytest.raises(ValueError, match="at least one thread"):
         DaemonThreads("tasklane-publish", limit=0)
+
+
+def test_a_forked_child_starts_its_own_threads() -> None:
+    """A forked child (Celery prefork) inherits none of the parent's threads: every pool, the
+    publisher's too, must start new ones there instead of waiting for dead ones."""
+    publisher = DaemonThreads("tasklane-publish", limit=1)
+
+    async def publish() -> str:
+        thread = await publisher.call(threading.current_thread, timeout=5)
+        return thread.name
+
+    try:
+        asyncio.run(publish())  # the parent's thread exists now
+        pid = os.fork()
+        if pid == 0:  # the child: report through the exit code, never return into pytest
+            try:
+                code = 0 if asyncio.run(publish()).startswith("tasklane-publish") else 1
+            except BaseException:
+                code = 2
+            os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        publisher.stop()
