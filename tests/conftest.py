@@ -13,7 +13,7 @@ from app.core.tasks import set_task_manager, set_task_manager_builder
 from app.core.tasks.store import ResultStore
 from app.core.tasks.store.memory import MemoryStore
 from app.core.tasks.store.redis import RedisStore
-from tests.support.processes import RedisServer
+from scripts.harness.processes import RedisServer
 
 
 @pytest.fixture(scope="session")

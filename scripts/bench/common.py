@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from tests.support.processes import RedisServer
+from scripts.harness.processes import RedisServer
 
 Measure = Callable[[], Awaitable[float]]
 

@@ -32,7 +32,7 @@ from app.core.tasks.worker_keys import LIVENESS_FACTOR
 from app.wiring import build_task_manager
 from scripts.bench.common import Profile, Result, Target, Workspace, log, redis_server
 from scripts.bench.submit import TASK_MODULES, scaled_settings
-from tests.support.celery_processes import CeleryWorker, unique_hostname
+from scripts.harness.celery_processes import CeleryWorker, unique_hostname
 
 POLL = 0.01
 HEAVY = "bench_heavy"

@@ -36,7 +36,7 @@ from scripts.bench.common import (
 )
 from scripts.bench.submit import TASK_MODULES, celery_app_of, scaled_settings
 from scripts.bench.tasks import LIGHT_QUEUE
-from tests.support.celery_processes import CeleryWorker
+from scripts.harness.celery_processes import CeleryWorker
 
 CONCURRENCY = 2
 #: kombu's Redis transport keeps delivered, not yet acknowledged messages in this hash.

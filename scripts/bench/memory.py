@@ -18,7 +18,7 @@ from typing import Any
 
 from scripts.bench.common import Profile, Result, Target, Workspace, log, redis_server
 from scripts.bench.servers import BareServer, rss_mb, tasklane_server
-from tests.support.processes import child_pids
+from scripts.harness.processes import child_pids
 
 TARGET_MB = 120.0
 

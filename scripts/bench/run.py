@@ -18,7 +18,7 @@ from pathlib import Path
 from scripts.bench import detection, e2e, http_submit, memory, submit
 from scripts.bench.common import FULL, QUICK, Profile, Result, Workspace, log
 from scripts.bench.report import table, write_json
-from tests.support.processes import REPO_ROOT
+from scripts.harness.processes import REPO_ROOT
 
 #: Ignored by git already (.cache/ is in .gitignore).
 DEFAULT_OUT = REPO_ROOT / ".cache" / "bench" / "results.json"

@@ -1,6 +1,6 @@
 """The HTTP servers benchmarks (d) and (f) start: `tasklane serve` and the bare FastAPI app.
 
-`tasklane serve` comes from tests.support.processes.ServerProcess unchanged; the bare app gets
+`tasklane serve` comes from scripts.harness.processes.ServerProcess unchanged; the bare app gets
 the same treatment here (free loopback port, own session, log file, clean environment), started
 with uvicorn's own command line at uvicorn's defaults, which are what `tasklane serve` passes
 too: one process, loop and http "auto" (uvloop, httptools), access log on.
@@ -15,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.support.processes import (
+from scripts.harness.processes import (
     REPO_ROOT,
     ServerProcess,
     clean_environment,

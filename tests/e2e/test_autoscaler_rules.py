@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.autoscaler import (
+from scripts.harness.autoscaling.autoscaler import (
     Autoscaler,
     Policy,
     ScalingRules,
@@ -19,9 +19,9 @@ from tests.e2e.autoscaler import (
     rate_limited,
     stabilize,
 )
-from tests.e2e.formula import FormulaError, parse_formula
-from tests.e2e.replicaset import PodView, deletion_order
-from tests.e2e.triggers import RedisTrigger
+from scripts.harness.autoscaling.formula import FormulaError, parse_formula
+from scripts.harness.autoscaling.replicaset import PodView, deletion_order
+from scripts.harness.autoscaling.triggers import RedisTrigger
 
 TRIGGERS = ("queued_heavy", "active_heavy", "queued_light", "active_light")
 

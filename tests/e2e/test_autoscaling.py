@@ -1,5 +1,6 @@
-"""The chart's ScaledObject scaling real Celery workers from zero and back (tests/e2e/harness.py:
-real redis-server, api, workers and KEDA's Lua; KEDA + HPA + ReplicaSet + kubelet modelled).
+"""The chart's ScaledObject scaling real Celery workers from zero and back
+(scripts/harness/autoscaling/harness.py: real redis-server, api, workers and KEDA's Lua; KEDA +
+HPA + ReplicaSet + kubelet modelled).
 
 One run of `scripts/autoscale-demo --quick` (about a minute, most of it the chart's minimum
 cooldown) feeds every scenario test; the others are fast."""
@@ -16,14 +17,14 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.e2e.harness import TASK, RenderedAutoscaling, ScenarioResult
-from tests.e2e.report import CSV_COLUMNS
-from tests.e2e.scenarios import QUICK, Burst, Scenario
-from tests.e2e.triggers import RedisTrigger, TriggerReader
-from tests.e2e.worker_pool import WorkerDeployment
-from tests.support.chart_to_local import render
-from tests.support.processes import REPO_ROOT
-from tests.support.scaled_api import HEARTBEAT, api, submit, wait_final, wait_for
+from scripts.harness.autoscaling.harness import TASK, RenderedAutoscaling, ScenarioResult
+from scripts.harness.autoscaling.report import CSV_COLUMNS
+from scripts.harness.autoscaling.scenarios import QUICK, Burst, Scenario
+from scripts.harness.autoscaling.triggers import RedisTrigger, TriggerReader
+from scripts.harness.autoscaling.worker_pool import WorkerDeployment
+from scripts.harness.chart_to_local import render
+from scripts.harness.processes import REPO_ROOT
+from scripts.harness.scaled_api import HEARTBEAT, api, submit, wait_final, wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.processes import REPO_ROOT, clean_environment
+from scripts.harness.processes import REPO_ROOT, clean_environment
 
 pytestmark = pytest.mark.integration
 

@@ -1,5 +1,5 @@
 """Acceptance for the Celery worker plane, against real `celery -A app.workers.celery_app
-worker|beat` subprocesses (tests.support.celery_processes) and a real redis-server:
+worker|beat` subprocesses (scripts.harness.celery_processes) and a real redis-server:
 
 - a task the api recorded and sent by name runs on the worker, which writes the same record;
 - legacy `.delay()` records the task before publishing, and the status endpoint serves it;
@@ -37,8 +37,8 @@ from app.main import create_app
 from app.workers import presence
 from app.workers.celery_app import TasklaneCelery, create_celery_app
 from app.workers.presence import WorkerInfo
-from tests.support.celery_processes import CeleryBeat, CeleryWorker, make_entry_due
-from tests.support.processes import REPO_ROOT, RedisServer, clean_environment
+from scripts.harness.celery_processes import CeleryBeat, CeleryWorker, make_entry_due
+from scripts.harness.processes import REPO_ROOT, RedisServer, clean_environment
 
 pytestmark = pytest.mark.integration
 

@@ -1,7 +1,7 @@
 """chart-to-local (DESIGN.md §6, issue 5): the chart's rendered containers, run here.
 
 For single and scaled mode, `helm template` renders the chart; every container's own command,
-args and env (resolved like the kubelet, rewritten only as tests/support/chart_to_local.py
+args and env (resolved like the kubelet, rewritten only as scripts/harness/chart_to_local.py
 lists) start as local processes — in scaled mode the chart's own Redis container too, on
 Debian's redis-server with the rendered password — and then: the probes the chart declares
 pass, and a task submitted over HTTP completes where the mode says (in the api in single
@@ -25,14 +25,14 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.config import Settings
-from tests.support.chart_to_local import (
+from scripts.harness.chart_to_local import (
     Cluster,
     LocalContainer,
     find,
     referenced_names,
     render,
 )
-from tests.support.processes import clean_environment, wait_for_port
+from scripts.harness.processes import clean_environment, wait_for_port
 
 pytestmark = pytest.mark.integration
 

@@ -18,7 +18,7 @@ import redis
 
 from app.core.tasks.monitor import WorkerInfo, WorkerMonitor, WorkerSnapshot
 from app.core.tasks.worker_keys import WorkerKeys, heartbeat_client_name
-from tests.support.celery_processes import CeleryWorker
+from scripts.harness.celery_processes import CeleryWorker
 
 pytestmark = pytest.mark.integration
 

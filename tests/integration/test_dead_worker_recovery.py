@@ -29,9 +29,9 @@ from app.core.tasks.worker_keys import WorkerKeys
 from app.core.tasks.worker_snapshot import WorkerSnapshot
 from app.workers.celery_app import TasklaneCelery, create_celery_app
 from app.workers.transport import HOLDER_OPTION, HOLDERS_KEY_OPTION, TRANSPORT_PATH
+from scripts.harness.celery_processes import CeleryWorker
+from scripts.harness.processes import RedisServer
 from tests.integration.test_celery_worker import FINISHED, Records
-from tests.support.celery_processes import CeleryWorker
-from tests.support.processes import RedisServer
 
 pytestmark = pytest.mark.integration
 

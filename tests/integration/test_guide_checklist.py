@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 
 from app.config import Settings
 from app.main import create_app
-from tests.support.scaled_api import api, submit, wait_final, wait_route, worker
+from scripts.harness.scaled_api import api, submit, wait_final, wait_route, worker
 
 pytestmark = pytest.mark.integration
 

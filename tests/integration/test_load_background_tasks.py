@@ -16,7 +16,7 @@ from app.config import Settings
 from app.core.tasks import TaskManager, TaskResult, TaskStatus
 from app.core.tasks.executors.background import BackgroundTasksExecutor
 from app.core.tasks.store import ResultStore
-from tests.support import sample_tasks
+from scripts.harness import sample_tasks
 
 pytestmark = pytest.mark.integration
 

@@ -25,7 +25,7 @@ import pytest
 import websockets
 
 from app.core.tasks.store.redis import _KNOWN_MAX_BYTES
-from tests.support.processes import RedisServer, ServerProcess, clean_environment
+from scripts.harness.processes import RedisServer, ServerProcess, clean_environment
 
 pytestmark = pytest.mark.integration
 
@@ -189,7 +189,7 @@ def assert_bounded(rss_seen: tuple[int, int], kept: int, server: ServerProcess) 
 @pytest.fixture
 def environment() -> dict[str, str]:
     return clean_environment(
-        TASKLANE_TASK_MODULES="tests.support.sample_tasks",
+        TASKLANE_TASK_MODULES="scripts.harness.sample_tasks",
         TASKLANE_SCHEDULER="off",
         TASKLANE_LOG_LEVEL="WARNING",
         TASKLANE_CONCURRENCY=str(CONCURRENCY),

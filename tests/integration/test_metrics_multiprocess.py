@@ -19,8 +19,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.celery_processes import SAMPLE_TASK_MODULES, CeleryWorker
-from tests.support.processes import ServerProcess, clean_environment, free_port
+from scripts.harness.celery_processes import SAMPLE_TASK_MODULES, CeleryWorker
+from scripts.harness.processes import ServerProcess, clean_environment, free_port
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.processes import (
+from scripts.harness.processes import (
     REPO_ROOT,
     clean_environment,
     free_port,

@@ -22,7 +22,7 @@ from app.core.tasks.hooks import TaskHooks
 from app.core.tasks.models import TaskResult, TaskStatus, utcnow
 from app.core.tasks.registry import TaskRegistry, task
 from app.core.tasks.store.redis import RedisStore
-from tests.support.processes import RedisServer
+from scripts.harness.processes import RedisServer
 
 pytestmark = pytest.mark.integration
 

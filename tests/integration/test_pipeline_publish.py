@@ -1,6 +1,6 @@
 """Tasks whose Celery message tasklane encoded itself and pushed in the record's own Redis step
 (executors/wire.py) run on a real `celery -A app.workers.celery_app worker`
-(tests.support.celery_processes) exactly as send_task's messages do: arguments of every JSON
+(scripts.harness.celery_processes) exactly as send_task's messages do: arguments of every JSON
 kind, keyword arguments, ETA from a countdown, retries re-published by the worker, and an
 idempotent re-submit that sends nothing the worker could run twice."""
 
@@ -20,7 +20,7 @@ from app.config import Settings
 from app.core.tasks import TaskCall, TaskManager, TaskResult, TaskStatus
 from app.core.tasks.models import SubmitOptions
 from app.wiring import build_task_manager
-from tests.support.celery_processes import SAMPLE_TASK_MODULES, CeleryWorker
+from scripts.harness.celery_processes import SAMPLE_TASK_MODULES, CeleryWorker
 
 pytestmark = pytest.mark.integration
 

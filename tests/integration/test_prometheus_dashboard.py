@@ -19,8 +19,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.celery_processes import SAMPLE_TASK_MODULES, CeleryWorker
-from tests.support.processes import (
+from scripts.harness.celery_processes import SAMPLE_TASK_MODULES, CeleryWorker
+from scripts.harness.processes import (
     RedisServer,
     ServerProcess,
     clean_environment,

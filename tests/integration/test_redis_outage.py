@@ -1,5 +1,5 @@
 """Acceptance (issue 3): Redis stopped under a running hybrid api and a real `celery worker`
-(tests.support.celery_processes.CeleryWorker) on a real redis-server.
+(scripts.harness.celery_processes.CeleryWorker) on a real redis-server.
 
 - Redis (store + broker) stopped: every submit answers 503 with Retry-After or runs locally,
   never a 500; /healthz stays 200; after the same redis-server comes back on its port, heavy
@@ -21,9 +21,9 @@ import redis
 from fastapi.testclient import TestClient
 
 from app.core.tasks.worker_keys import WorkerKeys
-from tests.support.celery_processes import CeleryWorker
-from tests.support.processes import RedisServer
-from tests.support.scaled_api import (
+from scripts.harness.celery_processes import CeleryWorker
+from scripts.harness.processes import RedisServer
+from scripts.harness.scaled_api import (
     HEARTBEAT,
     api,
     executors,

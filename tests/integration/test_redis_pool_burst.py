@@ -19,8 +19,8 @@ import httpx
 import pytest
 import websockets
 
-from tests.support.celery_processes import SAMPLE_TASK_MODULES
-from tests.support.processes import RedisServer, ServerProcess, clean_environment
+from scripts.harness.celery_processes import SAMPLE_TASK_MODULES
+from scripts.harness.processes import RedisServer, ServerProcess, clean_environment
 
 pytestmark = pytest.mark.integration
 

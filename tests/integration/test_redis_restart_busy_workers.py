@@ -1,11 +1,11 @@
 """Acceptance (issue 11, item 1): a busy pool of two real `tasklane worker --concurrency 2`
-processes (tests.support.celery_processes.CeleryWorker) survives three restarts of its
+processes (scripts.harness.celery_processes.CeleryWorker) survives three restarts of its
 redis-server (broker and store), with and without persistence, and keeps consuming.
 
 The load is a steady stream of heavy 0.2 s tasks, at half the pool's capacity: slots busy with
 unacknowledged messages while others wait on a BRPOP, the state in which the Redis
 connection's loss used to kill the worker (app.workers.broker). Each run appends its task id
-to a file (tests.support.celery_sample_tasks.celery_logged_run), evidence Redis cannot lose.
+to a file (scripts.harness.celery_sample_tasks.celery_logged_run), evidence Redis cannot lose.
 
 "Every task ends once":
 - restart with persistence (SHUTDOWN SAVE, started from the RDB): every task accepted before
@@ -34,8 +34,8 @@ from kombu.exceptions import OperationalError
 
 from app.config import Settings
 from app.workers.celery_app import create_celery_app
-from tests.support.celery_processes import CeleryWorker
-from tests.support.processes import RedisServer
+from scripts.harness.celery_processes import CeleryWorker
+from scripts.harness.processes import RedisServer
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.processes import (
+from scripts.harness.processes import (
     REPO_ROOT,
     child_pids,
     clean_environment,

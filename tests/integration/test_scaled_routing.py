@@ -1,5 +1,5 @@
 """Acceptance for hybrid routing (issue 3) with a real redis-server and real `celery worker`
-subprocesses (tests.support.celery_processes.CeleryWorker); the api runs in-process
+subprocesses (scripts.harness.celery_processes.CeleryWorker); the api runs in-process
 (create_app + TestClient, lifespan included), configured for short heartbeats:
 
 - one worker up: heavy tasks run on it (executor celery, its hostname), light ones in-process,
@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.support.scaled_api import (
+from scripts.harness.scaled_api import (
     api,
     metric,
     route_now,

@@ -19,8 +19,8 @@ from app.config import Settings
 from app.core.tasks import TaskResult, TaskStatus
 from app.core.tasks.redaction import REDACTED
 from app.wiring import build_task_manager
-from tests.support.celery_processes import SAMPLE_TASK_MODULES, CeleryWorker
-from tests.support.processes import REPO_ROOT, clean_environment
+from scripts.harness.celery_processes import SAMPLE_TASK_MODULES, CeleryWorker
+from scripts.harness.processes import REPO_ROOT, clean_environment
 
 pytestmark = pytest.mark.integration
 

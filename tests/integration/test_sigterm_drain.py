@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.processes import RedisServer, ServerProcess, clean_environment
+from scripts.harness.processes import RedisServer, ServerProcess, clean_environment
 
 pytestmark = pytest.mark.integration
 
@@ -31,7 +31,7 @@ def server(redis_url: str, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[by
         TASKLANE_SHUTDOWN_GRACE=str(GRACE),
         TASKLANE_SCHEDULER="off",
         TASKLANE_CONCURRENCY="64",
-        TASKLANE_TASK_MODULES="tests.support.sample_tasks",
+        TASKLANE_TASK_MODULES="scripts.harness.sample_tasks",
         TASKLANE_LOG_LEVEL="WARNING",
     )
     server = ServerProcess(env, tmp_path / "server.log")

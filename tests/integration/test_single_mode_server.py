@@ -17,7 +17,7 @@ import httpx
 import pytest
 import websockets
 
-from tests.support.processes import ServerProcess, clean_environment
+from scripts.harness.processes import ServerProcess, clean_environment
 
 pytestmark = pytest.mark.integration
 

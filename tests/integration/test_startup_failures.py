@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from tests.support.processes import REPO_ROOT, clean_environment, free_port, tasklane_command
+from scripts.harness.processes import REPO_ROOT, clean_environment, free_port, tasklane_command
 
 pytestmark = pytest.mark.integration
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.celery_processes import CeleryWorker
-from tests.support.processes import REPO_ROOT, clean_environment, free_port, tasklane_command
+from scripts.harness.celery_processes import CeleryWorker
+from scripts.harness.processes import REPO_ROOT, clean_environment, free_port, tasklane_command
 
 pytestmark = pytest.mark.integration
 

@@ -30,7 +30,7 @@ from typing import Any, Self
 import httpx
 import yaml
 
-from tests.support.processes import REPO_ROOT, free_port, terminate
+from scripts.harness.processes import REPO_ROOT, free_port, terminate
 
 DASHBOARD_PATH = REPO_ROOT / "charts" / "tasklane" / "dashboards" / "tasklane.json"
 RULES_PATH = REPO_ROOT / "charts" / "tasklane" / "alerts" / "tasklane-rules.yaml"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.dockerfile import (
+from scripts.harness.dockerfile import (
     DOCKERFILE,
     DOCKERIGNORE,
     VENV,

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 
 from app.config import Settings
 from app.main import create_app
-from tests.support.scaled_api import metric
+from scripts.harness.scaled_api import metric
 
 
 @pytest.fixture(scope="module")

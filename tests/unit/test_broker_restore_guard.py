@@ -39,7 +39,7 @@ from app.workers.celery_app import (
     broker_transport,
     create_celery_app,
 )
-from tests.support.processes import RedisServer
+from scripts.harness.processes import RedisServer
 
 QUEUE = "heavy"
 #: Short, so the sweep's redelivery is observable; kombu's sweep restores what is older.

@@ -23,8 +23,8 @@ from app.core.tasks.models import SubmitOptions, TaskResult, TaskStatus
 from app.core.tasks.queues import QueueRouting
 from app.core.tasks.registry import TaskRegistry, task
 from app.core.tasks.store.redis import RedisStore
-from tests.support.processes import free_port
-from tests.support.scaled_api import make_celery
+from scripts.harness.processes import free_port
+from scripts.harness.scaled_api import make_celery
 
 PUBLISH_TIMEOUT = 0.5
 

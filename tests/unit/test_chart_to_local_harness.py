@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.chart_to_local import ChartToLocalError, Cluster, expand
+from scripts.harness.chart_to_local import ChartToLocalError, Cluster, expand
 
 SERVICE = {
     "kind": "Service",

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from app import cli
-from tests.support.processes import free_port
+from scripts.harness.processes import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 

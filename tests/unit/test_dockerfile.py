@@ -22,7 +22,7 @@ import pytest
 
 from app import cli
 from app.config import Settings
-from tests.support.dockerfile import (
+from scripts.harness.dockerfile import (
     BUILD_TOOLS,
     DOCKERFILE,
     HADOLINT,

@@ -18,7 +18,7 @@ from app.core.tasks.errors import StoreUnavailable
 from app.tasks.data import DomainData
 from app.tasks.data.memory import MemoryDomainData
 from app.tasks.data.redis import _APPLY, RedisDomainData
-from tests.support.processes import RedisServer, free_port
+from scripts.harness.processes import RedisServer, free_port
 
 
 @pytest_asyncio.fixture(params=["memory", "redis"])

@@ -29,8 +29,8 @@ from app.core.tasks.queues import QueueRouting
 from app.core.tasks.registry import TaskRegistry, task
 from app.core.tasks.store.redis import RedisStore
 from app.core.tasks.worker_keys import WorkerKeys
-from tests.support.processes import free_port
-from tests.support.scaled_api import make_celery
+from scripts.harness.processes import free_port
+from scripts.harness.scaled_api import make_celery
 
 PREFIX = "test:"
 KEYS = WorkerKeys(PREFIX)
@@ -643,7 +643,7 @@ def test_single_mode_never_imports_the_celery_app() -> None:
     import subprocess
     import sys
 
-    from tests.support.processes import REPO_ROOT, clean_environment
+    from scripts.harness.processes import REPO_ROOT, clean_environment
 
     code = (
         "import sys\n"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.dockerfile import (
+from scripts.harness.dockerfile import (
     PYPROJECT,
     ROOT,
     Dockerfile,
@@ -29,7 +29,7 @@ from tests.support.dockerfile import (
     wait_for_status,
     wheel_member,
 )
-from tests.support.processes import free_port
+from scripts.harness.processes import free_port
 
 
 def test_build_copies_every_file_the_package_build_reads(

@@ -24,8 +24,8 @@ from app.core.kubernetes.scaling import (
     EXIT_USAGE,
 )
 from app.core.kubernetes.state import PAUSED, PAUSED_REPLICAS
+from scripts.harness.processes import free_port
 from tests.support.kube_api import DEPLOYMENTS, SCALED_OBJECTS, BlackHole, FakeKubeApi, kubeconfig
-from tests.support.processes import free_port
 
 NS = "prod"
 DEP = "demo-tasklane-worker"

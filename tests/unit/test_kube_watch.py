@@ -35,8 +35,8 @@ from app.core.tasks.registry import TaskRegistry, task
 from app.core.tasks.worker_keys import WorkerKeys
 from app.wiring import build_task_manager
 from app.workers.presence import WorkerInfo, write_heartbeat
+from scripts.harness.processes import free_port
 from tests.support.kube_api import DEPLOYMENTS, HANG_UP, SCALED_OBJECTS, FakeKubeApi
-from tests.support.processes import free_port
 
 DEP = "demo-tasklane-worker"
 PREFIX = "kubetest:"
@@ -534,7 +534,7 @@ def test_sync_once_reads_both_objects_without_threads(
 def test_the_api_shows_what_the_watcher_knows(
     redis_url: str, kube: FakeKubeApi, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from tests.support.scaled_api import api, route_now, wait_for
+    from scripts.harness.scaled_api import api, route_now, wait_for
 
     kube.add_deployment(DEP, replicas=2)
     kube.add_scaled_object(DEP, min_replicas=0, max_replicas=6)
@@ -571,9 +571,9 @@ def test_a_real_worker_pod_scaled_to_zero_stops_getting_heavy_tasks_at_once(
     """A real `celery worker` subprocess named like a pod of the Deployment keeps beating while
     the Deployment is scaled to 0 (as a terminating pod would until SIGTERM lands): routing
     still flips within a second, and the heavy task runs in-process."""
-    from tests.support.celery_processes import CeleryWorker
-    from tests.support.scaled_api import HEARTBEAT as API_HEARTBEAT
-    from tests.support.scaled_api import api, route_now, submit, wait_final, wait_route
+    from scripts.harness.celery_processes import CeleryWorker
+    from scripts.harness.scaled_api import HEARTBEAT as API_HEARTBEAT
+    from scripts.harness.scaled_api import api, route_now, submit, wait_final, wait_route
 
     monkeypatch.setenv("REDIS_URL", redis_url)  # the sample tasks keep their evidence there
     monkeypatch.setenv("KUBECONFIG", str(kube.write_kubeconfig(tmp_path)))

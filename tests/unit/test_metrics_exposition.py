@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app.core.metrics_dir import ENV_VAR, prepare_multiprocess_dir, use_multiprocess_dir
 from app.core.metrics_exposition import PodCollector, sweep_dead_processes
-from tests.support.processes import REPO_ROOT, clean_environment
+from scripts.harness.processes import REPO_ROOT, clean_environment
 
 WRITER = textwrap.dedent(
     """

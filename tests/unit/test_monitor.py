@@ -15,7 +15,7 @@ from prometheus_client import REGISTRY
 
 from app.core.tasks.monitor import WorkerMonitor
 from app.core.tasks.worker_keys import WorkerKeys, heartbeat_client_name, queue_lists
-from tests.support.processes import RedisServer
+from scripts.harness.processes import RedisServer
 
 PREFIX = "test:"
 KEYS = WorkerKeys(PREFIX)
@@ -231,7 +231,7 @@ async def test_redis_outage_marks_broker_down_and_the_view_expires_then_recovers
 
 @pytest.mark.asyncio
 async def test_refresh_with_redis_unreachable_from_the_start_never_raises() -> None:
-    from tests.support.processes import free_port
+    from scripts.harness.processes import free_port
 
     watcher = make_monitor(f"redis://127.0.0.1:{free_port()}/0")
 
@@ -267,7 +267,7 @@ async def test_stop_right_after_a_redis_restart_ends_the_polling(
 async def test_broker_in_another_redis_down_keeps_the_worker_view_fresh(
     redis_url: str, client: redis.Redis
 ) -> None:
-    from tests.support.processes import free_port
+    from scripts.harness.processes import free_port
 
     watcher = WorkerMonitor(
         redis_url,

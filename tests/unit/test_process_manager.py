@@ -14,7 +14,7 @@ import pytest
 from app.config import Settings
 from app.core.tasks import TaskManager, current, get_task_manager, set_task_manager_builder
 from app.wiring import build_task_manager
-from tests.support.processes import REPO_ROOT, clean_environment
+from scripts.harness.processes import REPO_ROOT, clean_environment
 
 
 def test_the_installed_package_names_the_composition_root_as_the_default_builder() -> None:

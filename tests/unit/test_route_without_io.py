@@ -27,7 +27,7 @@ from app.core.tasks.queues import QueueRouting
 from app.core.tasks.registry import TaskRegistry, task
 from app.core.tasks.store.memory import MemoryStore
 from app.core.tasks.worker_keys import WorkerKeys
-from tests.support.processes import RedisServer
+from scripts.harness.processes import RedisServer
 
 PREFIX = "test:"
 KEYS = WorkerKeys(PREFIX)

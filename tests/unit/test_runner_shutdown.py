@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 
-import tests.support.sample_tasks  # noqa: F401 - registers the sample_* tasks
+import scripts.harness.sample_tasks  # noqa: F401 - registers the sample_* tasks
 from app.core.tasks import TaskManager, TaskResult, TaskStatus
 from app.core.tasks.executors.background import BackgroundTasksExecutor
 from app.core.tasks.models import SubmitOptions, utcnow

@@ -214,7 +214,7 @@ def test_single_mode_routes_everything_in_process(
 def test_redis_unreachable_exits_2(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from tests.support.processes import free_port
+    from scripts.harness.processes import free_port
 
     monkeypatch.setenv("REDIS_URL", f"redis://:secret@127.0.0.1:{free_port()}/0")
 
@@ -291,8 +291,8 @@ def test_kubernetes_view_joins_the_report_when_on(
 def test_report_with_a_real_worker_and_a_real_failure(
     redis_url: str, scaled: redis.Redis, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from tests.support.celery_processes import CeleryWorker
-    from tests.support.scaled_api import api, submit, wait_final
+    from scripts.harness.celery_processes import CeleryWorker
+    from scripts.harness.scaled_api import api, submit, wait_final
 
     with (
         CeleryWorker(redis_url, log_path=tmp_path / "worker.log", concurrency=3) as worker,

@@ -12,7 +12,7 @@ from app.core.tasks.models import Progress, TaskError, TaskResult, TaskStatus
 from app.core.tasks.store import QueuePush, ResultStore
 from app.core.tasks.store.memory import MemoryStore
 from app.core.tasks.store.redis import RedisStore
-from tests.support.processes import RedisServer
+from scripts.harness.processes import RedisServer
 
 BASE_TIME = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 

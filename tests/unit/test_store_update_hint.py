@@ -17,7 +17,7 @@ from app.core.tasks.models import Progress, TaskError, TaskResult, TaskStatus
 from app.core.tasks.store import ResultStore
 from app.core.tasks.store import redis as redis_store
 from app.core.tasks.store.redis import RedisStore, encode
-from tests.support.processes import RedisServer
+from scripts.harness.processes import RedisServer
 from tests.unit.test_store_contract import make_record
 
 

@@ -35,7 +35,7 @@ from app.core.tasks.store.memory import MemoryStore
 from app.core.tasks.store.redis import RedisStore
 from app.core.tasks.worker_keys import WorkerKeys
 from app.workers.celery_app import create_celery_app
-from tests.support.processes import RedisServer, free_port
+from scripts.harness.processes import RedisServer, free_port
 
 PREFIX = "sb:"
 REGISTRY_ = TaskRegistry()

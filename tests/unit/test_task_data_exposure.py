@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-import tests.support.sample_tasks  # noqa: F401 - registers sample_secret, sample_crash...
+import scripts.harness.sample_tasks  # noqa: F401 - registers sample_secret, sample_crash...
 from app.config import Settings
 from app.core.tasks import TaskResult, TaskStatus, task
 from app.core.tasks.redaction import REDACTED, Redaction

@@ -5,7 +5,7 @@ PENDING record is already in the shared store, and the worker's task wrapper run
 same execute() as the in-process runner, writing STARTED/RETRY/SUCCESS/FAILURE into that record.
 
 Publishing blocks (kombu is synchronous), so it runs on the executor's long-lived publisher
-threads (executors/publisher.py) and is bounded by `publish_timeout`: a dead or black-holed
+threads (core/tasks/threads.py) and is bounded by `publish_timeout`: a dead or black-holed
 broker becomes BrokerUnavailable within that time instead of holding the request. A publish that
 times out may still land later; that is safe, because whoever takes the task back first changes
 the record's executor, and a worker refuses a record that is no longer routed to "celery" (or
@@ -32,13 +32,13 @@ from redis.exceptions import RedisError
 
 from app.core.tasks.errors import BrokerUnavailable, StoreUnavailable
 from app.core.tasks.executors.base import Batch, Executor, Route
-from app.core.tasks.executors.publisher import Publisher
 from app.core.tasks.executors.wire import WireFormat, redacted_reprs, wire_problem
 from app.core.tasks.hooks import TaskHooks
 from app.core.tasks.models import TaskStatus
 from app.core.tasks.queues import QueueRouting
 from app.core.tasks.registry import TaskRegistry
 from app.core.tasks.registry import registry as default_registry
+from app.core.tasks.threads import DaemonThreads
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -93,7 +93,7 @@ class CeleryExecutor(Executor):
         self.hooks = hooks or TaskHooks()
         self.queues = queues or QueueRouting()
         self.registry = registry
-        self.publisher = Publisher(threads=publish_threads)
+        self.publisher = DaemonThreads("tasklane-publish", limit=publish_threads)
         #: May messages go out in the record's own store step (message()), where possible?
         self.publish_with_record = publish_with_record
         self._wire_url: str | None = None

@@ -5,25 +5,25 @@ real inputs and acts on real processes.
 
 Real here:
 - the ScaledObject and worker Deployment, as `helm template` renders charts/tasklane with the
-  scenario's values (tests/e2e/scenarios.py): min/max, pollingInterval, cooldownPeriod,
+  scenario's values (scenarios.py): min/max, pollingInterval, cooldownPeriod,
   stabilization window, triggers, formula, target, terminationGracePeriodSeconds, --queues and
   --concurrency are all read from the rendered objects, none is written down here;
 - each trigger's value: KEDA's redis-scaler Lua script EVAL'd on the real redis-server against
-  the key the trigger names (tests/e2e/triggers.py);
+  the key the trigger names (triggers.py);
 - the api (the hybrid executor with scale-from-zero, in-process) submitting heavy tasks to the
   real Celery queue, and the Celery worker processes (prefork) that run them, keep the
   `active:{queue}` ZSET, heartbeat, and stop with a warm shutdown on SIGTERM.
 Modelled (it cannot run here):
 - KEDA's operator and the HPA it creates — activation, 0 <-> 1, cooldown, the AverageValue
-  proposal with its tolerance, stabilization, rate policies, clamps (tests/e2e/autoscaler.py);
-- the ReplicaSet controller's choice of which pod to delete (tests/e2e/replicaset.py) and the
-  kubelet's SIGTERM → grace period → SIGKILL (tests/e2e/worker_pool.py); a pod is a local
+  proposal with its tolerance, stabilization, rate policies, clamps (autoscaler.py);
+- the ReplicaSet controller's choice of which pod to delete (replicaset.py) and the
+  kubelet's SIGTERM → grace period → SIGKILL (worker_pool.py); a pod is a local
   CeleryWorker with the rendered --queues, --concurrency and key prefix, not the container's
   whole environment (chart-to-local covers that).
 So this shows that the chart's autoscaling configuration, applied by controllers that follow
 KEDA's and Kubernetes' documented rules, sizes the real pool correctly; it does not show that a
 given KEDA release behaves exactly so. The run's timeline and per-pod and per-task outcomes come
-back as a ScenarioResult (JSON-serialisable, tests/e2e/report.py writes CSV and PNG).
+back as a ScenarioResult (JSON-serialisable, report.py writes CSV and PNG).
 """
 
 from __future__ import annotations
@@ -39,17 +39,17 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
-from tests.e2e.autoscaler import Autoscaler, Decision, ScalingSpec
-from tests.e2e.scenarios import Scenario
-from tests.e2e.triggers import RedisTrigger, TriggerReader
-from tests.e2e.worker_pool import PodRecord, WorkerDeployment
-from tests.support.chart_to_local import Cluster, find, render
-from tests.support.scaled_api import HEARTBEAT, api, status, submit
+from scripts.harness.autoscaling.autoscaler import Autoscaler, Decision, ScalingSpec
+from scripts.harness.autoscaling.scenarios import Scenario
+from scripts.harness.autoscaling.triggers import RedisTrigger, TriggerReader
+from scripts.harness.autoscaling.worker_pool import PodRecord, WorkerDeployment
+from scripts.harness.chart_to_local import Cluster, find, render
+from scripts.harness.scaled_api import HEARTBEAT, api, status, submit
 
 if TYPE_CHECKING:
     from fastapi.testclient import TestClient
 
-#: The heavy, idempotent sample task each scenario submits (tests/support/celery_sample_tasks).
+#: The heavy, idempotent sample task each scenario submits (scripts/harness/celery_sample_tasks).
 TASK = "celery_effect_once"
 
 

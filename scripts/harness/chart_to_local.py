@@ -36,8 +36,8 @@ from typing import Any
 
 import yaml
 
-from tests.support.dockerfile import DOCKERFILE, parse_dockerfile, stage_env
-from tests.support.processes import REPO_ROOT, free_port
+from scripts.harness.dockerfile import DOCKERFILE, parse_dockerfile, stage_env
+from scripts.harness.processes import REPO_ROOT, free_port
 
 Manifest = dict[str, Any]
 

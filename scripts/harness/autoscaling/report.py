@@ -7,7 +7,7 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.e2e.harness import ScenarioResult
+from scripts.harness.autoscaling.harness import ScenarioResult
 
 #: Timeline columns, in order.
 CSV_COLUMNS = ("time", "queued", "active", "value", "desired", "replicas", "ready")

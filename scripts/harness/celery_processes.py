@@ -33,10 +33,10 @@ import redis
 from celery import Celery
 from celery.beat import PersistentScheduler
 
-from tests.support.processes import REPO_ROOT, clean_environment, tasklane_command
+from scripts.harness.processes import REPO_ROOT, clean_environment, tasklane_command
 
 #: What a test worker loads besides app.tasks: the throwaway tasks of both sample modules.
-SAMPLE_TASK_MODULES = "tests.support.sample_tasks,tests.support.celery_sample_tasks"
+SAMPLE_TASK_MODULES = "scripts.harness.sample_tasks,scripts.harness.celery_sample_tasks"
 
 
 def celery_command(*args: str) -> list[str]:

@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app.config import Settings
 from app.main import create_app
-from tests.support.celery_processes import SAMPLE_TASK_MODULES, CeleryWorker
+from scripts.harness.celery_processes import SAMPLE_TASK_MODULES, CeleryWorker
 
 HEARTBEAT = 0.5  # workers and api agree: a worker is live for 1.5 s after its last beat
 FINAL = {"SUCCESS", "FAILURE", "CANCELLED"}

@@ -1,6 +1,6 @@
 """Throwaway tasks for tests that start real processes.
 
-TASKLANE_TASK_MODULES=tests.support.sample_tasks makes a server subprocess load them.
+TASKLANE_TASK_MODULES=scripts.harness.sample_tasks makes a server subprocess load them.
 
 They register in the process-wide registry on import, so a server subprocess started with that
 module list can run them by name. In-process tests may use them too.

@@ -1,10 +1,10 @@
-"""The worker Deployment, locally: each pod is a real Celery worker process (tests/support/
+"""The worker Deployment, locally: each pod is a real Celery worker process (scripts/harness/
 celery_processes.CeleryWorker, prefork, the rendered --queues and --concurrency), created and
 deleted the way the ReplicaSet controller and the kubelet would.
 
 Scale-up creates pods at once, each starting in a thread of its own (pods start in parallel);
 a pod is *ready* when its heartbeat is in Redis, which is what the chart's startup probe
-(`tasklane status --worker`) waits for. Scale-down picks victims with tests/e2e/replicaset.py
+(`tasklane status --worker`) waits for. Scale-down picks victims with replicaset.py
 and stops each like the kubelet: SIGTERM to the main process (Celery's warm shutdown: stop
 consuming, finish running tasks), SIGKILL to the whole pod once terminationGracePeriodSeconds
 have passed. A killed worker's unacknowledged task comes back through acks_late +
@@ -26,8 +26,8 @@ from typing import Any, Self
 import redis
 
 from app.core.tasks.worker_keys import WorkerKeys
-from tests.e2e.replicaset import PodView, deletion_order
-from tests.support.celery_processes import CeleryWorker, unique_hostname
+from scripts.harness.autoscaling.replicaset import PodView, deletion_order
+from scripts.harness.celery_processes import CeleryWorker, unique_hostname
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

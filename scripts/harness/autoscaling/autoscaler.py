@@ -1,7 +1,8 @@
 """A model of the two controllers that size the worker Deployment on a cluster: the KEDA operator
 and the HorizontalPodAutoscaler KEDA creates for the ScaledObject. Neither can run here (no
-cluster), so tests/e2e/harness.py drives this model instead; every rule below is the one the
-real controller applies, with the source it was taken from.
+cluster), so harness.py drives this model instead; every rule below is the one the real
+controller applies, with the source it was taken from: KEDA 2.12 and later, the HPA of
+Kubernetes 1.33 (the versions the chart requires and is validated against; see __init__.py).
 
 KEDA (pkg/scaling/scale_handler.go, pkg/scaling/executor/scale_scaledobjects.go):
 - every `pollingInterval` it reads every trigger; with `advanced.scalingModifiers` the triggers
@@ -37,7 +38,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from tests.e2e.formula import Formula, parse_formula
+from scripts.harness.autoscaling.formula import Formula, parse_formula
 
 #: kube-controller-manager --horizontal-pod-autoscaler-tolerance (default).
 DEFAULT_TOLERANCE = 0.1

@@ -1,4 +1,4 @@
-"""Throwaway tasks for tests that start real Celery workers (tests.support.celery_processes).
+"""Throwaway tasks for tests that start real Celery workers (scripts.harness.celery_processes).
 
 They keep their evidence in the worker's own Redis (REDIS_URL), under keys the test names, so a
 test can count how often a body ran and how often its side effect was applied.
