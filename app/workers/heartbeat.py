@@ -6,8 +6,13 @@ Every TASKLANE_WORKER_HEARTBEAT_INTERVAL seconds a daemon thread writes `workers
 be served, and never has to ping a worker. Redis being away only logs a warning: the worker
 keeps running its tasks and the heartbeat resumes by itself when Redis answers again.
 
-Started before the consumer (so the worker is announced before it takes a task), stopped after
-it (a warm shutdown keeps beating while running tasks finish), then its entries are removed.
+Started before the consumer (so the worker is announced before it takes a task). Celery stops
+this step before the pool drains (it requires the pool, so it stops first): a warm stop only
+*drains* — the worker advertises no queue any more (routing counts it out at once) but keeps
+beating while its running tasks finish, since those hold unacknowledged messages and a worker
+that stops beating is dead to recovery, which would hand them to another worker mid-run. Its
+entries are removed on Celery's worker_shutdown signal, sent once the pool has finished. A cold
+terminate removes them at once (its tasks are killed; kombu restores their messages).
 
 Recovery (app/core/tasks/recovery.py), when the broker is the store's Redis: the bootstep
 selects app.workers.transport for the consumer (it records which worker holds each
@@ -20,6 +25,7 @@ declared dead while it was only cut off from Redis says so in its log.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -28,7 +34,7 @@ from importlib import metadata
 from typing import TYPE_CHECKING
 
 import redis
-from celery import bootsteps
+from celery import bootsteps, signals
 
 from app.core.tasks.recovery import Recovery, recovery_layout
 from app.core.tasks.worker_keys import WorkerKeys, heartbeat_client_name
@@ -148,6 +154,17 @@ class HeartbeatThread:
             )
 
     def stop(self) -> None:
+        """Warm shutdown: drain now, and leave once Celery says the worker has shut down (its
+        worker_shutdown signal comes after the pool finished the running tasks)."""
+        self.info = dataclasses.replace(self.info, queues=())
+        self.beat()  # routing stops counting this worker now, not a beat later
+        signals.worker_shutdown.connect(self._leave_on_shutdown, weak=False)
+
+    def _leave_on_shutdown(self, **_: object) -> None:
+        signals.worker_shutdown.disconnect(self._leave_on_shutdown)
+        self.close()
+
+    def close(self) -> None:
         """Stop beating and remove this worker's entries at once."""
         self._stopping.set()
         if self._thread is not None:
@@ -158,7 +175,7 @@ class HeartbeatThread:
             log.warning("could not remove the worker's heartbeat: %s", exc)
         self.client.close()
 
-    terminate = stop
+    terminate = close
 
 
 class Heartbeat(bootsteps.StartStopStep):

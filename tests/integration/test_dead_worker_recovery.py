@@ -414,3 +414,44 @@ def test_a_fenced_worker_that_reaches_redis_again_says_so(
         client.set(KEYS.worker_evicted(worker.hostname), "1764700000.0")  # as the script does
         wait_until(lambda: "this worker was declared dead" in worker.log(), 10, "fence read")
         assert not client.exists(KEYS.worker_evicted(worker.hostname))  # read once
+
+
+def test_a_worker_in_warm_shutdown_is_not_taken_for_dead_while_its_tasks_finish(
+    redis_url: str, records: Records, sender: TasklaneCelery, tmp_path: Path
+) -> None:
+    """SIGTERM: Celery stops taking tasks and lets the running ones finish (a KEDA or kubectl
+    scale-in). Its heartbeat must go on until they have: a worker that stops beating is dead to
+    recovery, which would hand the running tasks' messages to another worker mid-run."""
+    client = records.client
+    seconds = 3 * HEARTBEAT + 3  # longer than the heartbeat window
+    tasks = [records.create("celery_effect_unsafe", ["drain", seconds], "heavy") for _ in range(2)]
+    with (
+        running_monitor(redis_url),
+        CeleryWorker(
+            redis_url,
+            log_path=tmp_path / "peer.log",
+            heartbeat_interval=HEARTBEAT,
+            queues=["light"],
+        ),
+    ):
+        with CeleryWorker(
+            redis_url, log_path=tmp_path / "draining.log", heartbeat_interval=HEARTBEAT
+        ) as draining:
+            for record in tasks:
+                sender.send_task(
+                    record.name, args=record.args, queue="heavy", task_id=record.task_id
+                )
+            running = [f"drain:runs:{r.task_id}" for r in tasks]
+            wait_until(lambda: client.exists(*running) == 2, 20, "both bodies running")
+            before = recovered()
+            assert draining.terminate(timeout=30) == 0, draining.log()[-3000:]
+
+        assert recovered() == before
+        for record in tasks:
+            done = records.get(record.task_id)
+            assert done.status is TaskStatus.SUCCESS, done
+            assert done.worker == draining.hostname
+            assert client.get(f"drain:runs:{record.task_id}") == "1"
+        assert client.llen("heavy") == 0  # nothing restored for the peer (which skips heavy)
+        assert holders(client) == {}
+        assert client.zscore(KEYS.workers, draining.hostname) is None  # gone once it exited
