@@ -29,7 +29,7 @@ import redis.asyncio as aioredis
 
 from app.core.tasks.factory import build_task_manager
 from app.core.tasks.manager import TaskManager
-from app.core.tasks.worker_keys import LIVENESS_FACTOR
+from app.core.tasks.presence import LIVENESS_FACTOR
 from scripts.bench.common import Profile, Result, Target, Workspace, log, redis_server
 from scripts.bench.submit import TASK_MODULES, scaled_settings
 from tests.support.celery_processes import CeleryWorker, unique_hostname

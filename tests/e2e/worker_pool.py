@@ -25,7 +25,7 @@ from typing import Any, Self
 
 import redis
 
-from app.core.tasks.worker_keys import WorkerKeys
+from app.core.tasks.presence import WorkerKeys
 from tests.e2e.replicaset import PodView, deletion_order
 from tests.support.celery_processes import CeleryWorker, unique_hostname
 

@@ -20,7 +20,7 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
-from app.core.tasks.worker_keys import WorkerKeys
+from app.core.tasks.presence import WorkerKeys
 from tests.support.celery_processes import CeleryWorker
 from tests.support.processes import RedisServer
 from tests.support.scaled_api import (

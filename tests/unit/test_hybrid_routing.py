@@ -25,10 +25,10 @@ from app.core.tasks.executors.celery import CeleryExecutor
 from app.core.tasks.executors.hybrid import HybridExecutor
 from app.core.tasks.hooks import TaskHooks
 from app.core.tasks.monitor import WorkerMonitor
+from app.core.tasks.presence import WorkerKeys
 from app.core.tasks.queues import QueueRouting
 from app.core.tasks.registry import TaskRegistry, task
 from app.core.tasks.store.redis import RedisStore
-from app.core.tasks.worker_keys import WorkerKeys
 from tests.support.processes import free_port
 from tests.support.scaled_api import make_celery
 

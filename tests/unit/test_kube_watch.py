@@ -32,9 +32,8 @@ from app.core.kubernetes.watch import KubeWatcher
 from app.core.tasks import TaskManager
 from app.core.tasks.factory import build_task_manager
 from app.core.tasks.monitor import WorkerMonitor
+from app.core.tasks.presence import WorkerInfo, WorkerKeys, write_heartbeat
 from app.core.tasks.registry import TaskRegistry, task
-from app.core.tasks.worker_keys import WorkerKeys
-from app.workers.presence import WorkerInfo, write_heartbeat
 from tests.support.kube_api import DEPLOYMENTS, HANG_UP, SCALED_OBJECTS, FakeKubeApi
 from tests.support.processes import free_port
 

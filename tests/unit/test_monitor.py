@@ -14,7 +14,7 @@ import redis
 from prometheus_client import REGISTRY
 
 from app.core.tasks.monitor import WorkerMonitor
-from app.core.tasks.worker_keys import WorkerKeys, heartbeat_client_name, queue_lists
+from app.core.tasks.presence import WorkerKeys, heartbeat_client_name, queue_lists
 from tests.support.processes import RedisServer
 
 PREFIX = "test:"
