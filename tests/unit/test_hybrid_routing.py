@@ -89,7 +89,7 @@ class Plane:
     redis: redis.Redis
 
     def beat(self, hostname: str = "w1", queues: str = "light,heavy") -> None:
-        """A live worker's heartbeat (what app.workers.presence writes)."""
+        """A live worker's heartbeat (what app.core.tasks.presence writes)."""
         self.redis.zadd(KEYS.workers, {hostname: time.time()})
         self.redis.hset(KEYS.worker(hostname), mapping={"queues": queues, "concurrency": 2})
 

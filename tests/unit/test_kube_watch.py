@@ -6,7 +6,7 @@ Kubernetes API server (real HTTP on 127.0.0.1, list + chunked watch streams with
 resourceVersions, 403/404/410/500 on demand, streams it can cut). The kubernetes client talks to
 it through a Configuration(host=...) or a kubeconfig, exactly as it would to a cluster. Worker
 heartbeats are real keys in a real redis-server, written by the worker's own code
-(app.workers.presence.write_heartbeat) under pod-style hostnames, as the chart's workers
+(app.core.tasks.presence.write_heartbeat) under pod-style hostnames, as the chart's workers
 (`celery@<pod>`) write them.
 """
 

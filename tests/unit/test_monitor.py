@@ -1,5 +1,5 @@
 """WorkerMonitor against a real redis-server: heartbeats written the way workers write them
-(worker_keys.py), liveness judged from the cache, queue lengths with priority sub-lists, and a
+(presence.py), liveness judged from the cache, queue lengths with priority sub-lists, and a
 Redis outage that marks the broker down without raising and lets the worker view expire."""
 
 from __future__ import annotations

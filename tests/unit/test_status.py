@@ -1,5 +1,5 @@
 """`tasklane status` (app/status.py, app/status_render.py) against a real redis-server: workers
-announce themselves with the worker's own heartbeat code (app.workers.presence) or are real
+announce themselves with the worker's own heartbeat code (app.core.tasks.presence) or are real
 `celery worker` subprocesses; queues are real Redis lists (base + kombu priority sub-lists);
 failures are records in the real store. Assertions read the rendered tables and the --json."""
 
