@@ -25,10 +25,11 @@ import redis
 
 from app.config import Settings
 from app.core.redis_client import redact
-from app.core.tasks.presence import LivenessRule, WorkerKeys, queue_lists, read_workers
+from app.core.tasks.presence import LivenessRule, WorkerKeys, read_workers
+from app.core.tasks.redelivery import BrokerLayout
 
-#: The priority of each list queue_lists() names, in order (the base list holds priority 0).
-PRIORITIES = ("0", "3", "6", "9")
+#: Where kombu keeps each queue's messages: its base list and priority sub-lists.
+LAYOUT = BrokerLayout()
 
 
 class StatusUnavailable(Exception):
@@ -186,11 +187,11 @@ def _read_queues(
     try:
         with queues_client.pipeline(transaction=False) as pipe:
             for name in names:
-                for list_name in queue_lists(name):
+                for list_name in LAYOUT.queue_lists(name):
                     pipe.llen(list_name)
             counts = iter(pipe.execute())
         lengths: dict[str, dict[str, int] | None] = {
-            name: {priority: int(next(counts)) for priority in PRIORITIES} for name in names
+            name: {str(step): int(next(counts)) for step in LAYOUT.priority_steps} for name in names
         }
     except (redis.RedisError, OSError):  # the broker is another Redis, and it is down
         lengths = dict.fromkeys(names)

@@ -61,7 +61,6 @@ from app.core.tasks.presence import (
     WorkerKeys,
     aread_workers,
     heartbeat_client_name,
-    queue_lists,
 )
 from app.core.tasks.recovery import Recovery
 from app.core.tasks.redelivery import BrokerLayout
@@ -78,6 +77,8 @@ UNREACHABLE: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutErro
 
 
 _EMPTY: Mapping[str, int] = MappingProxyType({})
+#: Where kombu keeps each queue's messages: its base list and priority sub-lists.
+_LAYOUT = BrokerLayout()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -404,7 +405,7 @@ class WorkerMonitor:
         """Messages waiting per watched queue: base list plus priority sub-lists."""
         client = self._queues_redis.client()
         queues = sorted(self.watched)
-        lists = {queue: queue_lists(queue) for queue in queues}
+        lists = {queue: _LAYOUT.queue_lists(queue) for queue in queues}
         async with client.pipeline(transaction=False) as pipe:
             for queue in queues:
                 for name in lists[queue]:

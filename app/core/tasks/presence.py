@@ -88,13 +88,6 @@ def heartbeat_client_name(hostname: str) -> str:
     return "tasklane-heartbeat:" + hostname.replace(" ", "_")
 
 
-def queue_lists(queue: str) -> list[str]:
-    """The Redis lists kombu keeps for one queue: the base list and its priority sub-lists
-    (kombu names them `queue\\x06\\x16{priority}`; with the default priority steps 0,3,6,9 the
-    base list holds priority 0)."""
-    return [queue, *(f"{queue}\x06\x16{step}" for step in (3, 6, 9))]
-
-
 # -- the record of a worker and the liveness rule ----------------------------------------------
 
 
