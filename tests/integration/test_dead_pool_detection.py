@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from app.core.tasks.monitor import WorkerInfo, WorkerMonitor, WorkerSnapshot
-from app.core.tasks.presence import LivenessRule, WorkerKeys, heartbeat_client_name
+from app.core.tasks.monitor import WorkerMonitor, WorkerSnapshot
+from app.core.tasks.presence import LivenessRule, WorkerInfo, WorkerKeys, heartbeat_client_name
 from tests.support.celery_processes import CeleryWorker
 
 pytestmark = pytest.mark.integration

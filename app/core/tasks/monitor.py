@@ -74,8 +74,6 @@ log = logging.getLogger("tasklane.monitor")
 
 #: What an unreachable, refusing or too slow Redis looks like to the monitor.
 UNREACHABLE: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
-
-
 _EMPTY: Mapping[str, int] = MappingProxyType({})
 #: Where kombu keeps each queue's messages: its base list and priority sub-lists.
 _LAYOUT = BrokerLayout()
