@@ -188,7 +188,8 @@ def read_workers(client: redis.Redis, keys: WorkerKeys) -> list[WorkerInfo]:
 
 
 async def aread_workers(client: aioredis.Redis, keys: WorkerKeys, since: float) -> list[WorkerInfo]:
-    """The workers that beat after `since` (the monitor's tick: the dead are not read)."""
+    """The workers whose last beat is at or after `since` (the monitor's tick: the dead are
+    not read)."""
     scored = await client.zrangebyscore(keys.workers, since, "+inf", withscores=True)
     if not scored:
         return []
@@ -209,7 +210,7 @@ def last_beat(client: redis.Redis, keys: WorkerKeys, hostname: str) -> float | N
 
 
 def active_ids(client: redis.Redis, keys: WorkerKeys, queues: Iterable[str]) -> dict[str, set[str]]:
-    """queue -> the task ids running from it (for tests and `tasklane status`)."""
+    """queue -> the task ids running from it (for tests)."""
     return {queue: set(client.zrange(keys.active(queue), 0, -1)) for queue in queues}
 
 
