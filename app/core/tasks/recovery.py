@@ -247,8 +247,9 @@ class Recovery:
         for host in sorted(set(holders.values())):
             score = scores.get(host)
             seen = max(float(score) if score is not None else float("-inf"), server_start)
-            if not self.rule.is_live(seen, now, connected.get(host)):
-                dead[host] = self.rule.cutoff(connected.get(host), now)
+            state = connected.get(host)
+            if not self.rule.is_live(seen, now, state):
+                dead[host] = self.rule.cutoff(state, now)
         return dead
 
     @staticmethod
