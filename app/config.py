@@ -11,6 +11,7 @@ import os
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -22,6 +23,8 @@ GUIDE_HEAVY_TASKS = frozenset(
     {"process_speak_audio", "calculate_all_ratings", "sync_impressions_from_redis"}
 )
 StoreKind = Literal["memory", "redis"]
+#: URL schemes that name a Redis server (redis-py's and kombu's Redis transport's).
+REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
 
 #: Where a pod's service account namespace is mounted (the in-cluster default namespace).
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
@@ -167,10 +170,13 @@ class Settings(BaseSettings):
     @cached_property
     def store_redis_url(self) -> str | None:
         """Where records live: REDIS_URL, else the broker when it is Redis."""
-        if self.redis_url:
-            return self.redis_url
+        return self.redis_url or self.broker_redis_url
+
+    @cached_property
+    def broker_redis_url(self) -> str | None:
+        """CELERY_BROKER_URL when it is a Redis (its queue lists can be read), else None."""
         broker = self.celery_broker_url or ""
-        return broker if broker.startswith(("redis://", "rediss://", "unix://")) else None
+        return broker if urlsplit(broker).scheme in REDIS_SCHEMES else None
 
     @cached_property
     def store_redis_variable(self) -> str:

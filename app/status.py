@@ -23,11 +23,11 @@ import redis
 
 from app.config import Settings
 from app.core.redis_client import redact
-from app.core.tasks.worker_keys import LIVENESS_FACTOR, WorkerKeys, queue_lists
+from app.core.tasks.presence import LivenessRule, WorkerKeys, read_workers
+from app.core.tasks.redelivery import BrokerLayout
 
-#: The priority of each list queue_lists() names, in order (the base list holds priority 0).
-PRIORITIES = ("0", "3", "6", "9")
-REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+#: Where kombu keeps each queue's messages: its base list and priority sub-lists.
+LAYOUT = BrokerLayout()
 
 
 class StatusUnavailable(Exception):
@@ -112,8 +112,8 @@ def collect(settings: Settings, *, failures: int = 10) -> StatusReport:
     client = redis.Redis.from_url(
         url, decode_responses=True, socket_connect_timeout=3, socket_timeout=5
     )
-    broker = settings.celery_broker_url or ""
-    broker_url = broker if broker.startswith(REDIS_SCHEMES) and broker != url else None
+    broker = settings.broker_redis_url
+    broker_url = broker if broker != url else None
     queues_client = (
         redis.Redis.from_url(
             broker_url, decode_responses=True, socket_connect_timeout=3, socket_timeout=5
@@ -154,26 +154,22 @@ def collect(settings: Settings, *, failures: int = 10) -> StatusReport:
 def _read_workers(
     client: redis.Redis, keys: WorkerKeys, now: float, interval: float
 ) -> tuple[list[WorkerRow], list[str]]:
-    scored = client.zrange(keys.workers, 0, -1, withscores=True)
-    with client.pipeline(transaction=False) as pipe:
-        for hostname, _ in scored:
-            pipe.hgetall(keys.worker(hostname))
-        hashes = pipe.execute()
-    liveness = LIVENESS_FACTOR * interval
+    """Live workers as rows, and the hostnames whose beat the liveness rule declares dead."""
+    rule = LivenessRule.for_interval(interval)
     workers: list[WorkerRow] = []
     stale: list[str] = []
-    for (hostname, score), fields in zip(scored, hashes, strict=True):
-        if now - score > liveness:
-            stale.append(hostname)
+    for info in read_workers(client, keys):
+        if not rule.is_live(info.last_seen, now):
+            stale.append(info.hostname)
             continue
         workers.append(
             WorkerRow(
-                hostname=hostname,
-                queues=[q for q in (fields.get("queues") or "").split(",") if q],
-                concurrency=int(fields.get("concurrency") or 0),
-                heartbeat_age=round(max(now - score, 0.0), 1),
-                version=fields.get("version") or "?",
-                pid=int(fields["pid"]) if (fields.get("pid") or "").isdigit() else None,
+                hostname=info.hostname,
+                queues=list(info.queues),
+                concurrency=info.concurrency,
+                heartbeat_age=round(max(now - info.last_seen, 0.0), 1),
+                version=info.version,
+                pid=info.pid,
             )
         )
     return workers, stale
@@ -189,11 +185,11 @@ def _read_queues(
     try:
         with queues_client.pipeline(transaction=False) as pipe:
             for name in names:
-                for list_name in queue_lists(name):
+                for list_name in LAYOUT.queue_lists(name):
                     pipe.llen(list_name)
             counts = iter(pipe.execute())
         lengths: dict[str, dict[str, int] | None] = {
-            name: {priority: int(next(counts)) for priority in PRIORITIES} for name in names
+            name: {str(step): int(next(counts)) for step in LAYOUT.priority_steps} for name in names
         }
     except (redis.RedisError, OSError):  # the broker is another Redis, and it is down
         lengths = dict.fromkeys(names)

@@ -27,9 +27,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tasklane.kubernetes")
 
-#: URL schemes of a Redis broker (whose queue lengths the monitor can read).
-REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
-
 
 def build_task_manager(
     settings: Settings | None = None,
@@ -98,7 +95,7 @@ def build_executor(
         # Workers write their heartbeats where the records live (Settings.check() ensures
         # a Redis store in scaled mode); the queue lists are the broker's.
         settings.store_redis_url or broker,
-        broker_url=broker if broker.startswith(REDIS_SCHEMES) else None,
+        broker_url=settings.broker_redis_url,
         prefix=settings.key_prefix,
         heartbeat_interval=settings.worker_heartbeat_interval,
         interval=settings.monitor_interval,

@@ -27,12 +27,12 @@ from celery import Task
 from celery.exceptions import ImproperlyConfigured, Reject, Terminated
 from celery.worker.request import Request
 
+from app.core.tasks import presence
 from app.core.tasks.arguments import normalise_arguments
 from app.core.tasks.errors import Interrupted, StoreUnavailable, TaskTimeout
 from app.core.tasks.execution import WORKER_NAME, mark_interrupted
 from app.core.tasks.executors.wire import redacted_reprs
 from app.core.tasks.models import TaskSpec, TaskStatus
-from app.workers import presence
 from app.workers.delivery import Delivery, deliver, new_record, settle_abandoned
 from app.workers.runtime import get_runtime
 

@@ -27,6 +27,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from app.core.tasks import presence
 from app.core.tasks.arguments import normalise_arguments
 from app.core.tasks.errors import Interrupted, InvalidTaskArgs
 from app.core.tasks.execution import Outcome, execute
@@ -40,7 +41,6 @@ from app.core.tasks.models import (
     utcnow,
 )
 from app.core.tasks.store import NO_RIDERS, ResultStore
-from app.workers import presence
 from app.workers.celery_app import time_limit
 from app.workers.runtime import Runtime
 

@@ -2,9 +2,10 @@
 
 Every TASKLANE_WORKER_HEARTBEAT_INTERVAL seconds a daemon thread writes `workers` and
 `worker:{hostname}` (queues, concurrency, pid, version) and purges workers that stopped beating
-(app.workers.presence). The api's WorkerMonitor reads those keys to decide whether a queue can
-be served, and never has to ping a worker. Redis being away only logs a warning: the worker
-keeps running its tasks and the heartbeat resumes by itself when Redis answers again.
+(the writes and keys are app/core/tasks/presence.py; this module runs them in a worker). The
+api's WorkerMonitor reads those keys to decide whether a queue can be served, and never has to
+ping a worker. Redis being away only logs a warning: the worker keeps running its tasks and
+the heartbeat resumes by itself when Redis answers again.
 
 Started before the consumer (so the worker is announced before it takes a task). Celery stops
 this step before the pool drains (it requires the pool, so it stops first): a warm stop only
@@ -36,12 +37,10 @@ from typing import TYPE_CHECKING
 import redis
 from celery import bootsteps, signals
 
+from app.core.tasks import presence
+from app.core.tasks.presence import LivenessRule, WorkerInfo, WorkerKeys
 from app.core.tasks.recovery import Recovery, recovery_layout
-from app.core.tasks.worker_keys import WorkerKeys, heartbeat_client_name
-from app.core.tasks.worker_snapshot import WorkerSnapshot
-from app.workers import presence
 from app.workers.broker import TRANSPORT_PATH as GUARDED_TRANSPORT
-from app.workers.presence import WorkerInfo
 from app.workers.transport import HOLDER_OPTION, HOLDERS_KEY_OPTION, TRANSPORT_PATH
 
 if TYPE_CHECKING:
@@ -78,16 +77,7 @@ class HeartbeatThread:
         self.interval = interval
         #: Restores dead workers' messages (None: the broker is elsewhere, see recovery.py).
         self.recovery = recovery
-        # Short socket timeouts: a beat must not hang much longer than its own interval.
-        timeout = max(1.0, min(5.0, interval))
-        self.client = redis.Redis.from_url(
-            url,
-            decode_responses=True,
-            socket_connect_timeout=timeout,
-            socket_timeout=timeout,
-            # Named, so the api's monitor sees this connection close when the worker dies.
-            client_name=heartbeat_client_name(info.hostname),
-        )
+        self.client = presence.heartbeat_connection(url, info.hostname, interval)
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._failing = False
@@ -224,4 +214,4 @@ def _recovery(worker: WorkController, keys: WorkerKeys, interval: float) -> Reco
         HOLDERS_KEY_OPTION: keys.unacked_holders,
     }
     # The monitor's rule; with no CLIENT LIST read here, the heartbeat window decides.
-    return Recovery(keys, WorkerSnapshot.rule_for(interval), layout)
+    return Recovery(keys, LivenessRule.for_interval(interval), layout)

@@ -3,7 +3,8 @@
 `tasklane status --worker` answers from the heartbeat the worker itself writes (DESIGN.md §6),
 not from `celery inspect ping`, which goes through the broker and a reply queue and fails
 under load. The heartbeat thread runs inside the worker's main process, so a hung or crashed
-main process stops it: a score older than LIVENESS_FACTOR intervals means restart.
+main process stops it: a beat the liveness rule (app/core/tasks/presence.py) declares dead
+means restart.
 
 An unreachable Redis is not judged: no worker can beat then, and restarting every worker pod
 during a Redis outage would only add churn (their tasks are acknowledged late, so restarts
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 import redis
 
 from app.config import Settings
-from app.core.tasks.worker_keys import LIVENESS_FACTOR, WorkerKeys
+from app.core.tasks.presence import LivenessRule, WorkerKeys, last_beat
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,15 +45,17 @@ def check_worker(settings: Settings, nodename: str | None = None) -> Verdict:
         url, decode_responses=True, socket_connect_timeout=3, socket_timeout=3
     )
     try:
-        score = client.zscore(keys.workers, nodename)
+        score = last_beat(client, keys, nodename)
     except redis.RedisError as exc:
         return Verdict(True, f"cannot read heartbeats ({exc}); not judging {nodename}")
     finally:
         client.close()
     if score is None:
         return Verdict(False, f"no heartbeat from {nodename} in {keys.workers}")
-    age = time.time() - score
-    limit = LIVENESS_FACTOR * settings.worker_heartbeat_interval
-    if age > limit:
-        return Verdict(False, f"{nodename}: last heartbeat {age:.1f}s ago (limit {limit:.0f}s)")
+    now = time.time()
+    age = now - score
+    rule = LivenessRule.for_interval(settings.worker_heartbeat_interval)
+    if not rule.is_live(score, now):
+        limit = f"limit {rule.liveness:.0f}s"
+        return Verdict(False, f"{nodename}: last heartbeat {age:.1f}s ago ({limit})")
     return Verdict(True, f"{nodename}: last heartbeat {age:.1f}s ago")

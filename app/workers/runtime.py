@@ -23,11 +23,11 @@ from celery import signals
 from app.config import Settings
 from app.core.redis_client import LoopLocalRedis, PoolLimits
 from app.core.tasks.hooks import TaskHooks, default_hooks
+from app.core.tasks.presence import WorkerKeys
 from app.core.tasks.queues import QueueRouting
 from app.core.tasks.registry import TaskRegistry
 from app.core.tasks.registry import registry as default_registry
 from app.core.tasks.store import ResultStore, create_store
-from app.core.tasks.worker_keys import WorkerKeys
 from app.workers.celery_app import settings as app_settings
 
 T = TypeVar("T")

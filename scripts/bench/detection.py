@@ -28,7 +28,7 @@ import time
 import redis.asyncio as aioredis
 
 from app.core.tasks.manager import TaskManager
-from app.core.tasks.worker_keys import LIVENESS_FACTOR
+from app.core.tasks.presence import LIVENESS_FACTOR
 from app.wiring import build_task_manager
 from scripts.bench.common import Profile, Result, Target, Workspace, log, redis_server
 from scripts.bench.submit import TASK_MODULES, scaled_settings

@@ -30,13 +30,12 @@ import redis
 from fastapi.testclient import TestClient
 
 from app.config import Settings
+from app.core.tasks import presence
 from app.core.tasks.models import TaskResult, TaskStatus
+from app.core.tasks.presence import WorkerInfo, WorkerKeys
 from app.core.tasks.store.redis import RedisStore, decode
-from app.core.tasks.worker_keys import WorkerKeys
 from app.main import create_app
-from app.workers import presence
 from app.workers.celery_app import TasklaneCelery, create_celery_app
-from app.workers.presence import WorkerInfo
 from scripts.harness.celery_processes import CeleryBeat, CeleryWorker, make_entry_due
 from scripts.harness.processes import REPO_ROOT, RedisServer, clean_environment
 

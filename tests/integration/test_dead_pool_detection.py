@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from app.core.tasks.monitor import WorkerInfo, WorkerMonitor, WorkerSnapshot
-from app.core.tasks.worker_keys import WorkerKeys, heartbeat_client_name
+from app.core.tasks.monitor import WorkerMonitor, WorkerSnapshot
+from app.core.tasks.presence import LivenessRule, WorkerInfo, WorkerKeys, heartbeat_client_name
 from scripts.harness.celery_processes import CeleryWorker
 
 pytestmark = pytest.mark.integration
@@ -102,27 +102,26 @@ def test_closed_connection_counts_only_after_the_grace_and_unknown_never() -> No
         workers=(
             WorkerInfo(
                 hostname="a",
-                queues=frozenset({"heavy"}),
+                queues=("heavy",),
                 concurrency=1,
                 last_seen=now - 1,
                 connected=False,
             ),  # may reconnect at its next beat
             WorkerInfo(
                 hostname="b",
-                queues=frozenset({"heavy"}),
+                queues=("heavy",),
                 concurrency=1,
                 last_seen=now - 4,
                 connected=False,
             ),  # past the grace: dead
             WorkerInfo(
                 hostname="c",
-                queues=frozenset({"heavy"}),
+                queues=("heavy",),
                 concurrency=1,
                 last_seen=now - 4,
                 connected=None,
             ),  # never seen (proxy): window only
         ),
-        liveness=6.0,
-        disconnect_grace=3.0,
+        rule=LivenessRule(liveness=6.0, disconnect_grace=3.0),
     )
     assert [w.hostname for w in snapshot.live(now)] == ["a", "c"]

@@ -23,10 +23,9 @@ from prometheus_client import REGISTRY
 from app.config import Settings
 from app.core.tasks.models import TaskStatus
 from app.core.tasks.monitor import WorkerMonitor
+from app.core.tasks.presence import LivenessRule, WorkerKeys
 from app.core.tasks.recovery import Recovery
 from app.core.tasks.redelivery import UNACKED, BrokerLayout
-from app.core.tasks.worker_keys import WorkerKeys
-from app.core.tasks.worker_snapshot import WorkerSnapshot
 from app.workers.celery_app import TasklaneCelery, create_celery_app
 from app.workers.transport import HOLDER_OPTION, HOLDERS_KEY_OPTION, TRANSPORT_PATH
 from scripts.harness.celery_processes import CeleryWorker
@@ -37,7 +36,7 @@ pytestmark = pytest.mark.integration
 
 KEYS = WorkerKeys("tasklane:")
 HEARTBEAT = 1.0  # window 3 s, a closed connection counts after 2 s
-RULE = WorkerSnapshot(liveness=3 * HEARTBEAT, disconnect_grace=HEARTBEAT + 1)
+RULE = LivenessRule(liveness=3 * HEARTBEAT, disconnect_grace=HEARTBEAT + 1)
 
 
 def recovered() -> float:

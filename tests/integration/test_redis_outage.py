@@ -20,7 +20,7 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
-from app.core.tasks.worker_keys import WorkerKeys
+from app.core.tasks.presence import WorkerKeys
 from scripts.harness.celery_processes import CeleryWorker
 from scripts.harness.processes import RedisServer
 from scripts.harness.scaled_api import (

@@ -25,10 +25,10 @@ from app.core.tasks.executors.celery import CeleryExecutor
 from app.core.tasks.executors.hybrid import HybridExecutor
 from app.core.tasks.hooks import TaskHooks
 from app.core.tasks.monitor import WorkerMonitor
+from app.core.tasks.presence import WorkerKeys
 from app.core.tasks.queues import QueueRouting
 from app.core.tasks.registry import TaskRegistry, task
 from app.core.tasks.store.redis import RedisStore
-from app.core.tasks.worker_keys import WorkerKeys
 from scripts.harness.processes import free_port
 from scripts.harness.scaled_api import make_celery
 
@@ -89,7 +89,7 @@ class Plane:
     redis: redis.Redis
 
     def beat(self, hostname: str = "w1", queues: str = "light,heavy") -> None:
-        """A live worker's heartbeat (what app.workers.presence writes)."""
+        """A live worker's heartbeat (what app.core.tasks.presence writes)."""
         self.redis.zadd(KEYS.workers, {hostname: time.time()})
         self.redis.hset(KEYS.worker(hostname), mapping={"queues": queues, "concurrency": 2})
 

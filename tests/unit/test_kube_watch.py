@@ -6,7 +6,7 @@ Kubernetes API server (real HTTP on 127.0.0.1, list + chunked watch streams with
 resourceVersions, 403/404/410/500 on demand, streams it can cut). The kubernetes client talks to
 it through a Configuration(host=...) or a kubeconfig, exactly as it would to a cluster. Worker
 heartbeats are real keys in a real redis-server, written by the worker's own code
-(app.workers.presence.write_heartbeat) under pod-style hostnames, as the chart's workers
+(app.core.tasks.presence.write_heartbeat) under pod-style hostnames, as the chart's workers
 (`celery@<pod>`) write them.
 """
 
@@ -31,10 +31,9 @@ from app.core.kubernetes.state import PAUSED_REPLICAS
 from app.core.kubernetes.watch import KubeWatcher
 from app.core.tasks import TaskManager
 from app.core.tasks.monitor import WorkerMonitor
+from app.core.tasks.presence import WorkerInfo, WorkerKeys, write_heartbeat
 from app.core.tasks.registry import TaskRegistry, task
-from app.core.tasks.worker_keys import WorkerKeys
 from app.wiring import build_task_manager
-from app.workers.presence import WorkerInfo, write_heartbeat
 from scripts.harness.processes import free_port
 from tests.support.kube_api import DEPLOYMENTS, HANG_UP, SCALED_OBJECTS, FakeKubeApi
 

@@ -1,5 +1,5 @@
 """WorkerMonitor against a real redis-server: heartbeats written the way workers write them
-(worker_keys.py), liveness judged from the cache, queue lengths with priority sub-lists, and a
+(presence.py), liveness judged from the cache, queue lengths with priority sub-lists, and a
 Redis outage that marks the broker down without raising and lets the worker view expire."""
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import redis
 from prometheus_client import REGISTRY
 
 from app.core.tasks.monitor import WorkerMonitor
-from app.core.tasks.worker_keys import WorkerKeys, heartbeat_client_name, queue_lists
+from app.core.tasks.presence import WorkerKeys, heartbeat_client_name
+from app.core.tasks.redelivery import BrokerLayout
 from scripts.harness.processes import RedisServer
 
 PREFIX = "test:"
@@ -161,7 +162,11 @@ async def test_queue_length_sums_base_list_and_priority_sub_lists(
     client.rpush("heavy\x06\x169", "p9")
     client.rpush("light", "l1")
     client.zadd(KEYS.active("heavy"), {"t1": 1.0, "t2": 2.0})
-    assert queue_lists("heavy")[1:] == ["heavy\x06\x163", "heavy\x06\x166", "heavy\x06\x169"]
+    assert BrokerLayout().queue_lists("heavy")[1:] == [
+        "heavy\x06\x163",
+        "heavy\x06\x166",
+        "heavy\x06\x169",
+    ]
 
     snapshot = await monitor.refresh()
 

@@ -23,10 +23,10 @@ from app.core.tasks.executors.base import Submission
 from app.core.tasks.executors.celery import CeleryExecutor
 from app.core.tasks.executors.hybrid import HybridExecutor
 from app.core.tasks.monitor import WorkerMonitor
+from app.core.tasks.presence import WorkerKeys
 from app.core.tasks.queues import QueueRouting
 from app.core.tasks.registry import TaskRegistry, task
 from app.core.tasks.store.memory import MemoryStore
-from app.core.tasks.worker_keys import WorkerKeys
 from scripts.harness.processes import RedisServer
 
 PREFIX = "test:"

@@ -1,5 +1,5 @@
 """`tasklane status` (app/status.py, app/status_render.py) against a real redis-server: workers
-announce themselves with the worker's own heartbeat code (app.workers.presence) or are real
+announce themselves with the worker's own heartbeat code (app.core.tasks.presence) or are real
 `celery worker` subprocesses; queues are real Redis lists (base + kombu priority sub-lists);
 failures are records in the real store. Assertions read the rendered tables and the --json."""
 
@@ -19,9 +19,8 @@ import redis
 
 from app import cli
 from app.core.tasks.models import TaskError, TaskResult, TaskStatus, utcnow
+from app.core.tasks.presence import WorkerInfo, WorkerKeys, write_heartbeat
 from app.core.tasks.store.redis import RedisStore
-from app.core.tasks.worker_keys import WorkerKeys
-from app.workers.presence import WorkerInfo, write_heartbeat
 
 KEYS = WorkerKeys()
 POD = "celery@demo-tasklane-worker-7d9c5b8f4-x2x7k"

@@ -1,5 +1,5 @@
 """update(riders=...): Redis commands carried in the compare-and-set's own step (a worker's
-active-set entry, app/workers/presence.py). `before` runs ahead of the record's write, `after`
+active-set entry, app/core/tasks/presence.py). `before` runs ahead of the record's write, `after`
 with the write that settles it, never with one that lost a race, and alone when nothing is
 written. The riders here log their order to a list (LPUSH) or snapshot the record (COPY).
 """

@@ -29,11 +29,11 @@ from app.core.tasks.executors.hybrid import HybridExecutor
 from app.core.tasks.hooks import TaskHooks
 from app.core.tasks.models import SubmitOptions, TaskResult
 from app.core.tasks.monitor import WorkerMonitor
+from app.core.tasks.presence import WorkerKeys
 from app.core.tasks.queues import QueueRouting
 from app.core.tasks.registry import TaskRegistry, task
 from app.core.tasks.store.memory import MemoryStore
 from app.core.tasks.store.redis import RedisStore
-from app.core.tasks.worker_keys import WorkerKeys
 from app.workers.celery_app import create_celery_app
 from scripts.harness.processes import RedisServer, free_port
 

@@ -12,9 +12,9 @@ import redis
 import uvloop
 
 from app.config import Settings
+from app.core.tasks import presence
 from app.core.tasks.models import TaskResult, TaskStatus, utcnow
 from app.core.tasks.registry import TaskRegistry, task
-from app.workers import presence
 from app.workers.delivery import CELERY, Delivery, deliver, new_record
 from app.workers.runtime import Runtime
 

@@ -1,20 +1,20 @@
 """WorkerMonitor: which Celery queues can be served right now, answered from a cache.
 
 Every `interval` seconds, off the request path, one asyncio task reads the worker heartbeats
-(DESIGN.md §3, keys in worker_keys.py): the `workers` ZSET (members younger than the liveness
+(DESIGN.md §3, keys in presence.py): the `workers` ZSET (members younger than the liveness
 window) and each live worker's hash, then the length of every queue (base list plus kombu's
 priority sub-lists) and the size of its `active:{queue}` ZSET. The result is an immutable
 WorkerSnapshot; can_serve() and live_workers() read only that snapshot and the clock, so routing a
 submit never waits on the network.
 
 Worker keys are read from `redis_url`, the Redis the workers write them to (the result store's,
-app/workers/presence.py); queue lists from `broker_url` when the broker is another Redis.
+presence.py); queue lists from `broker_url` when the broker is another Redis.
 
-Liveness is judged against the clock when asked, not when read: a worker whose last heartbeat is
-older than LIVENESS_FACTOR heartbeat intervals stops counting at that moment, even if Redis is
+Liveness is judged against the clock when asked, not when read (presence.LivenessRule): a
+worker whose last heartbeat is older than the window stops counting at that moment, even if Redis is
 unreachable and the snapshot cannot be refreshed. Worker and api clocks are compared, so hosts
 need NTP. A worker that dies is noticed sooner through its connection: each tick also reads
-CLIENT LIST, and a worker whose named heartbeat connection (worker_keys.heartbeat_client_name)
+CLIENT LIST, and a worker whose named heartbeat connection (presence.heartbeat_client_name)
 this monitor has seen before but sees no more, and whose last beat is older than one interval
 plus a second, is dead (a SIGKILLed process's sockets close at once; a live worker that merely
 lost its connection reconnects at its next beat, inside that grace). So a dead pool is noticed
@@ -46,7 +46,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
@@ -55,16 +55,15 @@ from redis.exceptions import RedisError
 from app.core.kubernetes.state import pod_matcher, runs_in
 from app.core.redis_client import LoopLocalRedis
 from app.core.tasks import metrics
+from app.core.tasks.presence import (
+    LivenessRule,
+    WorkerInfo,
+    WorkerKeys,
+    aread_workers,
+    heartbeat_client_name,
+)
 from app.core.tasks.recovery import Recovery
 from app.core.tasks.redelivery import BrokerLayout
-from app.core.tasks.worker_keys import (
-    WorkerKeys,
-    heartbeat_client_name,
-    queue_lists,
-)
-from app.core.tasks.worker_snapshot import WorkerInfo, WorkerSnapshot, worker_info
-
-__all__ = ["UNREACHABLE", "WorkerInfo", "WorkerMonitor", "WorkerSnapshot"]
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis as AsyncRedis
@@ -75,6 +74,51 @@ log = logging.getLogger("tasklane.monitor")
 
 #: What an unreachable, refusing or too slow Redis looks like to the monitor.
 UNREACHABLE: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
+_EMPTY: Mapping[str, int] = MappingProxyType({})
+#: Where kombu keeps each queue's messages: its base list and priority sub-lists.
+_LAYOUT = BrokerLayout()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerSnapshot:
+    """What the last read found: workers as their heartbeats describe them, queue sizes, and
+    the liveness rule they are judged by against the clock when asked. Immutable, so the
+    request path reads it without locks while the monitor replaces it."""
+
+    workers: tuple[WorkerInfo, ...] = ()
+    #: Messages waiting per queue (base list plus priority sub-lists).
+    queue_lengths: Mapping[str, int] = field(default_factory=lambda: _EMPTY)
+    #: Tasks running on workers per queue (size of active:{queue}).
+    active: Mapping[str, int] = field(default_factory=lambda: _EMPTY)
+    #: Did the last read of the queue lists (the broker) succeed?
+    broker_up: bool = False
+    #: Did the last read of the worker keys succeed (else `workers` is the previous view)?
+    workers_fresh: bool = False
+    #: Unix time of the last read attempt (0: never tried).
+    taken_at: float = 0.0
+    rule: LivenessRule = field(default_factory=LivenessRule)
+
+    @property
+    def healthy(self) -> bool:
+        """Did the last refresh read everything?"""
+        return self.broker_up and self.workers_fresh
+
+    def live(self, now: float) -> tuple[WorkerInfo, ...]:
+        is_live = self.rule.is_live
+        return tuple(w for w in self.workers if is_live(w.last_seen, now, w.connected))
+
+    def live_workers(self, queue: str, now: float) -> int:
+        return sum(1 for worker in self.live(now) if queue in worker.queues)
+
+    def concurrency(self, queue: str, now: float) -> int:
+        return sum(worker.concurrency for worker in self.live(now) if queue in worker.queues)
+
+    def queues(self) -> list[str]:
+        """Every queue this snapshot knows about (measured, or consumed by a worker)."""
+        named = set(self.queue_lengths) | set(self.active)
+        for worker in self.workers:
+            named.update(worker.queues)
+        return sorted(named)
 
 
 class WorkerMonitor:
@@ -105,10 +149,9 @@ class WorkerMonitor:
         self.kubernetes = kubernetes
         # Tells that Deployment's pods (celery@<deployment>-<hash>-<id>) from other workers.
         self._pods = pod_matcher(kubernetes.view.deployment_name) if kubernetes else None
-        rule = WorkerSnapshot.rule_for(heartbeat_interval)
-        self.liveness = rule.liveness
-        #: A closed heartbeat connection means dead once the beat is this old (next beat + 1 s).
-        self.disconnect_grace = rule.disconnect_grace
+        #: The liveness rule of workers beating every heartbeat_interval (presence.py).
+        self.rule = LivenessRule.for_interval(heartbeat_interval)
+        self.liveness = self.rule.liveness
         #: Workers whose heartbeat connection CLIENT LIST has shown (so its absence means
         #: something: never seen, e.g. behind a proxy, proves nothing).
         self._connections_seen: set[str] = set()
@@ -120,7 +163,7 @@ class WorkerMonitor:
         self.watched: set[str] = set(queues)
         #: Completed refreshes (successful or not), for tests and diagnostics.
         self.refreshes = 0
-        self._snapshot = rule
+        self._snapshot = WorkerSnapshot(rule=self.rule)
         # No client-side retries: one failed read is one failed tick, the next tick retries.
         self._workers_redis = LoopLocalRedis(
             redis_url, connect_timeout=self.io_timeout, timeout=self.io_timeout, retries=0
@@ -134,9 +177,7 @@ class WorkerMonitor:
         )
         self._task: asyncio.Task[None] | None = None
         #: Restores dead workers' unacknowledged messages each tick (None: left to kombu).
-        self.recovery = (
-            Recovery(self.keys, self._snapshot, recovery) if recovery is not None else None
-        )
+        self.recovery = Recovery(self.keys, self.rule, recovery) if recovery is not None else None
 
     # -- answers, from the cache only (no I/O, no await) ---------------------------------------
 
@@ -265,8 +306,7 @@ class WorkerMonitor:
             broker_up=broker_up,
             workers_fresh=workers_fresh,
             taken_at=now,
-            liveness=self.liveness,
-            disconnect_grace=self.disconnect_grace,
+            rule=self.rule,
         )
         if failure is not None and (previous.healthy or not previous.taken_at):
             log.warning("worker monitor cannot read Redis: %s: %s", type(failure).__name__, failure)
@@ -311,24 +351,15 @@ class WorkerMonitor:
     async def _read_workers(self, now: float) -> tuple[tuple[WorkerInfo, ...], Mapping[str, int]]:
         """Live workers (heartbeat ZSET + hashes) and active counts, from the worker keys."""
         client = self._workers_redis.client()
-        scored = await client.zrangebyscore(
-            self.keys.workers, now - self.liveness, "+inf", withscores=True
-        )
-        workers: list[WorkerInfo] = []
-        if scored:
-            async with client.pipeline(transaction=False) as pipe:
-                for hostname, _ in scored:
-                    pipe.hgetall(self.keys.worker(hostname))
-                hashes = await pipe.execute()
+        workers = await aread_workers(client, self.keys, self.rule.cutoff(None, now))
+        if workers:
             await self._check_server_run(client)
             connections = await self._heartbeat_connections(client)
             # Forget workers that left the ZSET (pods come and go under new names).
-            self._connections_seen &= {hostname for hostname, _ in scored}
-            for (hostname, score), fields in zip(scored, hashes, strict=True):
-                info = worker_info(hostname, float(score), fields)
-                workers.append(self._with_connection(info, connections))
+            self._connections_seen &= {worker.hostname for worker in workers}
+            workers = [self._with_connection(worker, connections) for worker in workers]
         for worker in workers:
-            self.watched |= worker.queues
+            self.watched.update(worker.queues)
         queues = sorted(self.watched)
         async with client.pipeline(transaction=False) as pipe:
             for queue in queues:
@@ -372,7 +403,7 @@ class WorkerMonitor:
         """Messages waiting per watched queue: base list plus priority sub-lists."""
         client = self._queues_redis.client()
         queues = sorted(self.watched)
-        lists = {queue: queue_lists(queue) for queue in queues}
+        lists = {queue: _LAYOUT.queue_lists(queue) for queue in queues}
         async with client.pipeline(transaction=False) as pipe:
             for queue in queues:
                 for name in lists[queue]:

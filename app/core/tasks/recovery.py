@@ -12,7 +12,7 @@ Whose messages: kombu does not record who holds a message. A worker's consuming 
 MULTI/EXEC as kombu's own `unacked` entry, and drops it with the ack, so the holders are exact:
 reserved-but-not-started messages included, and never a message another worker holds.
 
-Declared dead: by the one liveness rule (WorkerSnapshot.is_live / cutoff, monitor.py): no beat
+Declared dead: by the one liveness rule (presence.LivenessRule, the monitor's too): no beat
 inside the heartbeat window, or its heartbeat connection seen closed and no beat for the grace.
 A worker that merely lost Redis is told apart in three ways:
   - a dropped connection (CLIENT KILL, a network blip) reconnects at the next beat, inside the
@@ -54,6 +54,7 @@ from typing import TYPE_CHECKING, Any
 
 from app.core.tasks import metrics
 from app.core.tasks.metrics import RecoveryReason
+from app.core.tasks.presence import LivenessRule, WorkerKeys
 from app.core.tasks.redelivery import (
     BINDING_PREFIX,
     UNACKED,
@@ -63,8 +64,6 @@ from app.core.tasks.redelivery import (
     parse,
     resolve,
 )
-from app.core.tasks.worker_keys import WorkerKeys
-from app.core.tasks.worker_snapshot import WorkerInfo, WorkerSnapshot
 
 if TYPE_CHECKING:
     import redis
@@ -155,11 +154,10 @@ class Recovery:
     def __init__(
         self,
         keys: WorkerKeys,
-        rule: WorkerSnapshot,
+        rule: LivenessRule,
         layout: BrokerLayout | None = None,
     ) -> None:
         self.keys = keys
-        #: Carries the liveness rule's parameters (window, grace); its workers are ignored.
         self.rule = rule
         self.layout = layout or BrokerLayout()
 
@@ -249,15 +247,9 @@ class Recovery:
         for host in sorted(set(holders.values())):
             score = scores.get(host)
             seen = max(float(score) if score is not None else float("-inf"), server_start)
-            worker = WorkerInfo(
-                hostname=host,
-                queues=frozenset(),
-                concurrency=0,
-                last_seen=seen,
-                connected=connected.get(host),
-            )
-            if not self.rule.is_live(worker, now):
-                dead[host] = self.rule.cutoff(worker.connected, now)
+            state = connected.get(host)
+            if not self.rule.is_live(seen, now, state):
+                dead[host] = self.rule.cutoff(state, now)
         return dead
 
     @staticmethod

@@ -44,6 +44,10 @@ class BrokerLayout:
         step = self.priority_steps[bisect(self.priority_steps, priority) - 1]
         return f"{queue}{self.sep}{step}" if step else queue
 
+    def queue_lists(self, queue: str) -> list[str]:
+        """Every list of `queue`, one per priority step (the base list holds the lowest)."""
+        return [self.queue_list(queue, step) for step in self.priority_steps]
+
     def bound_queue(self, members: set[str], routing_key: str) -> str | None:
         """The queue a direct exchange's bindings (`_kombu.binding.{exchange}` members,
         `routing_key{sep}pattern{sep}queue`) route `routing_key` to."""

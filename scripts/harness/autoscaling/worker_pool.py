@@ -25,7 +25,7 @@ from typing import Any, Self
 
 import redis
 
-from app.core.tasks.worker_keys import WorkerKeys
+from app.core.tasks.presence import WorkerKeys
 from scripts.harness.autoscaling.replicaset import PodView, deletion_order
 from scripts.harness.celery_processes import CeleryWorker, unique_hostname
 

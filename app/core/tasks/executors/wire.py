@@ -47,6 +47,7 @@ from celery.utils.saferepr import saferepr
 from kombu.entity import maybe_delivery_mode
 from kombu.utils.json import dumps as kombu_dumps
 
+from app.config import REDIS_SCHEMES
 from app.core.tasks.store import QueuePush
 
 if TYPE_CHECKING:
@@ -61,9 +62,6 @@ if TYPE_CHECKING:
 #: that test file, and add the pair only when it passes unchanged.
 TESTED_VERSIONS = frozenset({("5.7.0", "5.7.0")})
 
-#: Broker URL schemes kombu serves with its Redis transport.
-_REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
-
 
 def same_redis(a: str, b: str) -> bool:
     """Do two Redis URLs name the same server, database and credentials?"""
@@ -73,7 +71,7 @@ def same_redis(a: str, b: str) -> bool:
         database = url.path.strip("/") or "0"
         return (url.scheme, url.hostname, url.port or 6379, database, url.username, url.password)
 
-    if first.scheme not in _REDIS_SCHEMES or second.scheme not in _REDIS_SCHEMES:
+    if first.scheme not in REDIS_SCHEMES or second.scheme not in REDIS_SCHEMES:
         return False
     if first.scheme == "unix" or second.scheme == "unix":
         return a == b

@@ -9,7 +9,7 @@ runner's tasks can be marked Interrupted), and named leases (one scheduler among
 A Redis store that is also the Celery broker can carry a task's broker message in the very step
 that creates its record (QueuePush, built by executors/wire.py): one round trip, and the message
 exists exactly when the record was created. Likewise a Celery worker's active-set entry
-(Riders, built by app/workers/presence.py) rides in the round trips of its STARTED and final
+(Riders, built by app/core/tasks/presence.py) rides in the round trips of its STARTED and final
 writes instead of taking two of its own.
 """
 
