@@ -3,7 +3,7 @@ TaskManager.
 
 The api (app/main.py), scripts and tests build their manager here; the worker builds its own
 per-process runtime (app/workers/runtime.py). This is the only module that reaches into
-app.workers for the Celery app object, so app.core never imports the layers above it.
+app.workers, for the Celery app's configuration, so app.core never imports the layers above it.
 """
 
 from __future__ import annotations
@@ -70,14 +70,11 @@ def build_executor(
     from app.core.tasks.executors.hybrid import HybridExecutor
     from app.core.tasks.monitor import WorkerMonitor
     from app.core.tasks.recovery import recovery_layout
-    from app.workers import celery_app as workers
+    from app.workers.celery_config import create_celery_app
 
-    # The module's app is configured from the environment; settings passed in explicitly
-    # (tests, embedding) that differ get an app of their own, closed with the executor.
-    celery_app = workers.celery_app
-    own_app = celery_app.tasklane_settings.model_dump() != settings.model_dump()
-    if own_app:
-        celery_app = workers.create_celery_app(settings)
+    # The executor's own app, from the settings handed in (closed with the executor); the
+    # worker's module-level app (app.workers.celery_app) is configured from the environment.
+    celery_app = create_celery_app(settings)
     queues = QueueRouting.from_settings(settings)
     celery = CeleryExecutor(
         celery_app,
@@ -86,7 +83,7 @@ def build_executor(
         hooks=hooks,
         queues=queues,
         registry=registry,
-        owns_app=own_app,
+        owns_app=True,
     )
     if kind == "celery":
         return celery

@@ -66,7 +66,7 @@ class Channel(kombu_redis.Channel):
 
 
 class Transport(kombu_redis.Transport):
-    """kombu's Redis transport with the guarded Channel; selected by app.workers.celery_app
+    """kombu's Redis transport with the guarded Channel; selected by app.workers.celery_config
     (`broker_transport`) for redis:// broker URLs."""
 
     Channel = Channel

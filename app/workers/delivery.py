@@ -41,7 +41,7 @@ from app.core.tasks.models import (
     utcnow,
 )
 from app.core.tasks.store import NO_RIDERS, ResultStore
-from app.workers.celery_app import time_limit
+from app.workers.celery_config import time_limit
 from app.workers.runtime import Runtime
 
 log = logging.getLogger("tasklane.worker")

@@ -16,7 +16,8 @@ from typing import Any
 from app.core.tasks.models import TaskSpec
 from app.core.tasks.registry import registry
 from app.workers.base import TasklaneTask
-from app.workers.celery_app import celery_app, time_limit
+from app.workers.celery_app import celery_app
+from app.workers.celery_config import time_limit
 
 #: Every bound task by name (names that are not identifiers are reachable only here).
 bound: dict[str, TasklaneTask] = {}

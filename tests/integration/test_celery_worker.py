@@ -35,7 +35,7 @@ from app.core.tasks.models import TaskResult, TaskStatus
 from app.core.tasks.presence import WorkerInfo, WorkerKeys
 from app.core.tasks.store.redis import RedisStore, decode
 from app.main import create_app
-from app.workers.celery_app import TasklaneCelery, create_celery_app
+from app.workers.celery_config import TasklaneCelery, create_celery_app
 from scripts.harness.celery_processes import CeleryBeat, CeleryWorker, make_entry_due
 from scripts.harness.processes import REPO_ROOT, RedisServer, clean_environment
 

@@ -27,7 +27,7 @@ from app.core.tasks.monitor import WorkerMonitor
 from app.core.tasks.presence import LivenessRule, WorkerKeys
 from app.core.tasks.recovery import Recovery
 from app.core.tasks.redelivery import UNACKED, BrokerLayout
-from app.workers.celery_app import TasklaneCelery, create_celery_app
+from app.workers.celery_config import TasklaneCelery, create_celery_app
 from app.workers.transport import HOLDER_OPTION, HOLDERS_KEY_OPTION, TRANSPORT_PATH
 from scripts.harness.celery_processes import CeleryWorker
 from scripts.harness.processes import RedisServer

@@ -23,7 +23,7 @@ from app.config import Settings
 from app.core.tasks.models import TaskResult, TaskStatus
 from app.core.tasks.monitor import WorkerMonitor
 from app.core.tasks.redelivery import UNACKED
-from app.workers.celery_app import MIN_VISIBILITY_TIMEOUT, create_celery_app
+from app.workers.celery_config import MIN_VISIBILITY_TIMEOUT, create_celery_app
 from scripts.harness.celery_processes import CeleryWorker
 from tests.integration.test_celery_worker import FINISHED, Records
 from tests.integration.test_dead_worker_recovery import KEYS, running_monitor, wait_until

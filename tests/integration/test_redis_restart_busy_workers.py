@@ -33,7 +33,7 @@ import pytest
 from kombu.exceptions import OperationalError
 
 from app.config import Settings
-from app.workers.celery_app import create_celery_app
+from app.workers.celery_config import create_celery_app
 from scripts.harness.celery_processes import CeleryWorker
 from scripts.harness.processes import RedisServer
 

@@ -33,7 +33,7 @@ from kombu.transport import redis as kombu_redis
 
 from app.config import Settings
 from app.workers import broker
-from app.workers.celery_app import (
+from app.workers.celery_config import (
     GUARDED_REDIS_TRANSPORT,
     TasklaneCelery,
     broker_transport,

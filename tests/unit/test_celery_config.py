@@ -17,13 +17,13 @@ from app.core.tasks.registry import TaskRegistry, registry
 from app.logs import JsonFormatter, TextFormatter
 from app.tasks.schedule import SCHEDULE
 from app.workers import celery_app as module
-from app.workers.celery_app import (
+from app.workers.celery_app import require_broker
+from app.workers.celery_config import (
     MIN_VISIBILITY_TIMEOUT,
     TIME_LIMIT_MARGIN,
     TasklaneCelery,
     create_celery_app,
     queue_for,
-    require_broker,
     task_routes,
     visibility_timeout,
 )

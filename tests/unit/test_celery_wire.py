@@ -27,7 +27,7 @@ from app.core.tasks.models import SubmitOptions, TaskResult, TaskStatus
 from app.core.tasks.redaction import REDACTED, Redaction
 from app.core.tasks.registry import TaskRegistry, task
 from app.core.tasks.store.redis import RedisStore
-from app.workers.celery_app import create_celery_app
+from app.workers.celery_config import create_celery_app
 
 
 def make_record(args: list[Any], kwargs: dict[str, Any], task_id: str = "wire-1") -> TaskResult:

@@ -639,6 +639,40 @@ def test_factory_builds_celery_alone_when_asked(redis_url: str) -> None:
     assert manager.executor.route_preview(REGISTRY_.get("hr_light")).executor == "celery"
 
 
+def test_the_api_builds_one_celery_app_from_the_settings_it_is_given() -> None:
+    import subprocess
+    import sys
+
+    from scripts.harness.processes import REPO_ROOT, clean_environment
+
+    # A fresh interpreter: the only Celery apps alive are the ones building the manager made.
+    code = (
+        "import gc, sys\n"
+        "from app.config import Settings\n"
+        "from app.wiring import build_task_manager\n"
+        "from app.workers.celery_config import TasklaneCelery\n"
+        "url = 'redis://127.0.0.1:1/0'\n"
+        "settings = Settings(executor='hybrid', store='redis', redis_url=url,\n"
+        "                    celery_broker_url=url, light_queue='quick')\n"
+        "manager = build_task_manager(settings)\n"
+        "apps = [o for o in gc.get_objects() if type(o) is TasklaneCelery]  # no proxies\n"
+        "assert apps == [manager.executor.celery.celery_app], apps\n"
+        "assert apps[0].conf.task_default_queue == 'quick'\n"
+        "assert manager.executor.celery.owns_app  # closed with the executor\n"
+        "assert 'app.workers.celery_app' not in sys.modules  # the worker's, from the env\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO_ROOT,
+        env=clean_environment(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
 def test_single_mode_never_imports_the_celery_app() -> None:
     import subprocess
     import sys

@@ -34,7 +34,7 @@ from app.core.tasks.queues import QueueRouting
 from app.core.tasks.registry import TaskRegistry, task
 from app.core.tasks.store.memory import MemoryStore
 from app.core.tasks.store.redis import RedisStore
-from app.workers.celery_app import create_celery_app
+from app.workers.celery_config import create_celery_app
 from scripts.harness.processes import RedisServer, free_port
 
 PREFIX = "sb:"
