@@ -18,10 +18,11 @@ answers with an error frame and close code 1008, and takes the token from ?token
 
 from __future__ import annotations
 
-import json
 import logging
 import secrets
 from typing import TYPE_CHECKING, Any
+
+from app.api.errors import SafeJSONResponse
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -36,8 +37,6 @@ OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 #: The OpenAPI security scheme's name for TASKLANE_API_TOKEN.
 BEARER_SCHEME = "bearerAuth"
-
-_UNAUTHORISED = json.dumps({"detail": "Missing or invalid bearer token."}).encode()
 
 
 def expected_token(settings: Settings) -> str | None:
@@ -81,18 +80,12 @@ class TokenGuard:
         if token_matches(self.settings, bearer(_header(scope, b"authorization"))):
             await self.app(scope, receive, send)
             return
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 401,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(_UNAUTHORISED)).encode()),
-                    (b"www-authenticate", b"Bearer"),
-                ],
-            }
+        refusal = SafeJSONResponse(
+            {"detail": "Missing or invalid bearer token."},
+            status_code=401,
+            headers={"WWW-Authenticate": "Bearer"},
         )
-        await send({"type": "http.response.body", "body": _UNAUTHORISED})
+        await refusal(scope, receive, send)
 
 
 def install_token_guard(app: FastAPI, settings: Settings) -> None:

@@ -9,10 +9,11 @@ Task arguments are checked by the task system itself (app/core/tasks/arguments.p
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING
 
 from starlette.exceptions import HTTPException
+
+from app.api.errors import SafeJSONResponse
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -38,7 +39,7 @@ class BodySizeLimit:
             return
         declared, chunked = _framing(scope)
         if declared is not None and declared > self.max_bytes:
-            await self._reject(send)
+            await self._reject(scope, receive, send)
             return
         if declared is not None and not chunked:
             # The server frames this body by its Content-Length (bytes past it would be the
@@ -73,23 +74,14 @@ class BodySizeLimit:
             # reading the body outside a route); the client still gets its 413.
             if response_started:
                 raise
-            await self._reject(send)
+            await self._reject(scope, receive, send)
 
-    async def _reject(self, send: Send) -> None:
-        detail = f"Request body exceeds the limit of {self.max_bytes} bytes."
-        body = json.dumps({"detail": detail}, separators=(",", ":")).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
+    async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
+        detail = BodyTooLarge(self.max_bytes).detail
+        refusal = SafeJSONResponse(
+            {"detail": detail}, status_code=413, headers={"Connection": "close"}
         )
-        await send({"type": "http.response.body", "body": body})
+        await refusal(scope, receive, send)
 
 
 def _framing(scope: Scope) -> tuple[int | None, bool]:
