@@ -32,8 +32,6 @@ from app.workers.metrics_endpoint import MetricsEndpoint
 TIME_LIMIT_MARGIN = 30.0
 #: Lower bound for the broker's visibility timeout when TASKLANE_VISIBILITY_TIMEOUT is unset.
 MIN_VISIBILITY_TIMEOUT = 3600
-#: The Redis transport with the restart guard (see app.workers.broker), by kombu's name.
-GUARDED_REDIS_TRANSPORT = broker.TRANSPORT_PATH
 #: kombu's Redis transport replies to BRPOP within this many seconds (its brpop_timeout).
 _BRPOP_TIMEOUT = 1.0
 
@@ -42,12 +40,6 @@ class TasklaneCelery(Celery):
     """A Celery app that keeps the Settings it was configured from (bootsteps read them)."""
 
     tasklane_settings: Settings
-
-
-def queue_for(spec: TaskSpec, settings: Settings) -> str:
-    """The Celery queue a task of this spec goes to, by the one rule the api's executors also
-    follow (app.core.tasks.queues): custom queues stay, heavy tasks go to the heavy queue."""
-    return QueueRouting.from_settings(settings).queue_for(spec)
 
 
 def visibility_timeout(settings: Settings, registry: TaskRegistry = default_registry) -> int:
@@ -67,8 +59,10 @@ def time_limit(spec: TaskSpec) -> float | None:
 
 
 def task_routes(settings: Settings, registry: TaskRegistry = default_registry) -> dict[str, Any]:
-    """{task name: {"queue": ...}} for every registered task."""
-    return {spec.name: {"queue": queue_for(spec, settings)} for spec in registry}
+    """{task name: {"queue": ...}} for every registered task, by the one rule the api's
+    executors also follow (app.core.tasks.queues)."""
+    queue_for = QueueRouting.from_settings(settings).queue_for
+    return {spec.name: {"queue": queue_for(spec)} for spec in registry}
 
 
 def beat_schedule(
@@ -80,13 +74,14 @@ def beat_schedule(
 
     Raises UnknownTaskError for an entry naming an unregistered task.
     """
+    queue_for = QueueRouting.from_settings(settings).queue_for
     return {
         entry.name: {
             "task": entry.task,
             "schedule": entry.every,
             "args": entry.args,
             "kwargs": entry.kwargs,
-            "options": {"queue": queue_for(registry.get(entry.task), settings)},
+            "options": {"queue": queue_for(registry.get(entry.task))},
         }
         for entry in entries
     }
@@ -114,7 +109,7 @@ def broker_transport(broker_url: str | None) -> str | None:
     rediss:// keeps kombu's own: kombu derives its TLS default from the scheme name, which an
     explicit transport would bypass."""
     if broker_url and urlsplit(broker_url).scheme == "redis":
-        return GUARDED_REDIS_TRANSPORT
+        return broker.TRANSPORT_PATH
     return None
 
 

@@ -34,7 +34,6 @@ from kombu.transport import redis as kombu_redis
 from app.config import Settings
 from app.workers import broker
 from app.workers.celery_config import (
-    GUARDED_REDIS_TRANSPORT,
     TasklaneCelery,
     broker_transport,
     create_celery_app,
@@ -178,7 +177,7 @@ def test_guarded_channel_builds_the_same_pools_as_kombu_while_attached(
 @pytest.mark.parametrize(
     ("url", "expected"),
     [
-        ("redis://redis:6379/0", GUARDED_REDIS_TRANSPORT),
+        ("redis://redis:6379/0", broker.TRANSPORT_PATH),
         ("rediss://redis:6380/0", None),
         ("redis+socket:///run/redis.sock", None),
         (None, None),
@@ -193,7 +192,7 @@ def test_only_plain_redis_broker_urls_get_the_guarded_transport(
 def test_the_worker_app_connects_with_the_guarded_transport() -> None:
     app = create_celery_app(Settings(celery_broker_url="redis://127.0.0.1:1/0"))
     connection = app.connection_for_read()
-    assert connection.transport_cls == GUARDED_REDIS_TRANSPORT
+    assert connection.transport_cls == broker.TRANSPORT_PATH
     assert type(connection.transport) is broker.Transport
     assert (connection.hostname, connection.port, connection.virtual_host) == (
         "127.0.0.1",

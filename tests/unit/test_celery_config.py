@@ -13,6 +13,7 @@ from app import cli
 from app.config import Settings
 from app.core.tasks.errors import InvalidTaskArgs
 from app.core.tasks.models import TaskSpec
+from app.core.tasks.queues import QueueRouting
 from app.core.tasks.registry import TaskRegistry, registry
 from app.logs import JsonFormatter, TextFormatter
 from app.tasks.schedule import SCHEDULE
@@ -23,7 +24,6 @@ from app.workers.celery_config import (
     TIME_LIMIT_MARGIN,
     TasklaneCelery,
     create_celery_app,
-    queue_for,
     task_routes,
     visibility_timeout,
 )
@@ -128,9 +128,8 @@ def test_each_queue_has_its_own_exchange_and_binding() -> None:
 def test_queue_for_follows_weight_heavy_tasks_and_custom_queues(
     task: TaskSpec, heavy_tasks: set[str], queue: str
 ) -> None:
-    assert queue_for(task, settings(light_queue="L", heavy_queue="H", heavy_tasks=heavy_tasks)) == (
-        queue
-    )
+    configured = settings(light_queue="L", heavy_queue="H", heavy_tasks=heavy_tasks)
+    assert QueueRouting.from_settings(configured).queue_for(task) == queue
 
 
 def test_every_registered_task_is_routed_to_its_queue(app: TasklaneCelery) -> None:
@@ -150,13 +149,14 @@ def test_routes_honour_heavy_tasks_from_the_environment() -> None:
 
 
 def test_beat_schedule_is_the_one_schedule(app: TasklaneCelery) -> None:
+    queue_for = QueueRouting.from_settings(settings()).queue_for
     expected = {
         entry.name: {
             "task": entry.task,
             "schedule": entry.every,
             "args": entry.args,
             "kwargs": entry.kwargs,
-            "options": {"queue": queue_for(registry.get(entry.task), settings())},
+            "options": {"queue": queue_for(registry.get(entry.task))},
         }
         for entry in SCHEDULE
     }
