@@ -180,11 +180,7 @@ def read_workers(client: redis.Redis, keys: WorkerKeys) -> list[WorkerInfo]:
     with client.pipeline(transaction=False) as pipe:
         for hostname, _ in scored:
             pipe.hgetall(keys.worker(hostname))
-        hashes = pipe.execute()
-    return [
-        WorkerInfo.from_hash(hostname, score, fields)
-        for (hostname, score), fields in zip(scored, hashes, strict=True)
-    ]
+        return _infos(scored, pipe.execute())
 
 
 async def aread_workers(client: aioredis.Redis, keys: WorkerKeys, since: float) -> list[WorkerInfo]:
@@ -196,7 +192,11 @@ async def aread_workers(client: aioredis.Redis, keys: WorkerKeys, since: float) 
     async with client.pipeline(transaction=False) as pipe:
         for hostname, _ in scored:
             pipe.hgetall(keys.worker(hostname))
-        hashes = await pipe.execute()
+        return _infos(scored, await pipe.execute())
+
+
+def _infos(scored: list[tuple[str, float]], hashes: list[dict[str, str]]) -> list[WorkerInfo]:
+    """Both readers' answer: the ZSET's (hostname, last beat) pairs with each worker's hash."""
     return [
         WorkerInfo.from_hash(hostname, score, fields)
         for (hostname, score), fields in zip(scored, hashes, strict=True)
