@@ -280,9 +280,11 @@ async def test_no_scaled_object_overrides_the_flag_once_kubernetes_answers(
     redis_url: str, kube: FakeKubeApi, watchers: Callable[..., KubeWatcher]
 ) -> None:
     kube.add_deployment(DEP, replicas=1)
-    monitor = make_monitor(redis_url, watchers(kube), flag=True)
+    watcher = watchers(kube, start=False)  # started below: the local API answers in ms
+    monitor = make_monitor(redis_url, watcher, flag=True)
     assert monitor.can_serve("heavy")  # nothing read yet: the flag answers
 
+    watcher.start()
     await await_until(lambda: monitor.kubernetes.view.scaled_object_known)  # type: ignore[union-attr]
 
     assert not monitor.autoscales_from_zero()
