@@ -159,6 +159,23 @@ def clean_environment(**overrides: str) -> dict[str, str]:
     return env
 
 
+def run_python(
+    code: str, *, env: dict[str, str] | None = None, timeout: float = 60, check: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """`python -c code` in a fresh interpreter at the repository root, with
+    clean_environment() unless `env` is given; stdout and stderr captured as text. For what
+    must be seen from a process of its own: imports made, module-level state, entry points."""
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO_ROOT,
+        env=clean_environment() if env is None else env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=check,
+    )
+
+
 def tasklane_command(*args: str) -> list[str]:
     """The installed `tasklane` console script (what the image and `make run` use)."""
     script = Path(sys.executable).with_name("tasklane")

@@ -13,14 +13,10 @@ worker|beat` subprocesses (scripts.harness.celery_processes) and a real redis-se
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import subprocess
-import sys
 import time
-import uuid
 from array import array
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -31,76 +27,17 @@ from fastapi.testclient import TestClient
 
 from app.config import Settings
 from app.core.tasks import presence
-from app.core.tasks.models import TaskResult, TaskStatus
+from app.core.tasks.models import TaskStatus
 from app.core.tasks.presence import WorkerInfo, WorkerKeys
-from app.core.tasks.store.redis import RedisStore, decode
 from app.main import create_app
 from app.workers.celery_config import TasklaneCelery, create_celery_app
 from scripts.harness.celery_processes import CeleryBeat, CeleryWorker, make_entry_due
-from scripts.harness.processes import REPO_ROOT, RedisServer, clean_environment
+from scripts.harness.processes import RedisServer, clean_environment, run_python
+from tests.support.records import FINISHED, Records
 
 pytestmark = pytest.mark.integration
 
 KEYS = WorkerKeys("tasklane:")
-FINISHED = {TaskStatus.SUCCESS, TaskStatus.FAILURE, TaskStatus.CANCELLED}
-
-
-class Records:
-    """Reads (and, like the api, creates) task records in the test's Redis."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.client = redis.Redis.from_url(url, decode_responses=True)
-
-    def create(self, name: str, args: list[Any], queue: str) -> TaskResult:
-        """A PENDING record for the celery executor, as TaskManager.submit writes it."""
-        record = TaskResult(
-            task_id=str(uuid.uuid4()),
-            name=name,
-            status=TaskStatus.PENDING,
-            executor="celery",
-            queue=queue,
-            args=args,
-        )
-
-        async def create() -> None:
-            store = RedisStore(self.url)
-            try:
-                await store.create(record)
-            finally:
-                await store.close()
-
-        asyncio.run(create())
-        return record
-
-    def get(self, task_id: str) -> TaskResult | None:
-        raw = self.client.get(f"tasklane:task:{task_id}")
-        return decode(raw) if raw is not None else None
-
-    def named(self, name: str) -> list[TaskResult]:
-        found = (self.get(key.split(":", 2)[2]) for key in self.client.scan_iter("tasklane:task:*"))
-        return [record for record in found if record is not None and record.name == name]
-
-    def wait(
-        self,
-        task_ids: Iterable[str],
-        statuses: set[TaskStatus],
-        worker: CeleryWorker,
-        timeout: float = 20.0,
-    ) -> list[TaskResult]:
-        """Poll until every id has one of `statuses`; the worker's log explains a timeout."""
-        ids = list(task_ids)
-        deadline = time.monotonic() + timeout
-        while True:
-            records = [self.get(task_id) for task_id in ids]
-            if all(record is not None and record.status in statuses for record in records):
-                return records  # type: ignore[return-value]
-            if time.monotonic() > deadline:
-                states = {
-                    i: r.status.value if r else None for i, r in zip(ids, records, strict=True)
-                }
-                pytest.fail(f"not {statuses} in {timeout} s: {states}\n{worker.log()[-4000:]}")
-            time.sleep(0.05)
 
 
 def wait_until(condition: Any, what: str, timeout: float = 15.0) -> None:
@@ -109,21 +46,6 @@ def wait_until(condition: Any, what: str, timeout: float = 15.0) -> None:
         if time.monotonic() > deadline:
             pytest.fail(f"{what} did not happen within {timeout} s")
         time.sleep(0.05)
-
-
-@pytest.fixture
-def records(redis_url: str) -> Iterator[Records]:
-    records = Records(redis_url)
-    yield records
-    records.client.close()
-
-
-@pytest.fixture
-def sender(redis_url: str) -> Iterator[TasklaneCelery]:
-    """A Celery app like the api's: publishes by name to the test's Redis."""
-    app = create_celery_app(Settings(celery_broker_url=redis_url, redis_url=redis_url))
-    yield app
-    app.close()
 
 
 @pytest.fixture
@@ -165,15 +87,7 @@ def test_legacy_delay_records_the_task_and_the_status_endpoint_serves_it(
     )
     env = clean_environment(CELERY_BROKER_URL=redis_url, REDIS_URL=redis_url)
 
-    published = subprocess.run(
-        [sys.executable, "-c", caller],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    )
+    published = run_python(caller, env=env, timeout=30, check=True)
     task_id = published.stdout.strip().splitlines()[-1]
 
     recorded = records.get(task_id)  # written before publishing: never an unknown id

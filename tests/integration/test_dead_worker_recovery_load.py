@@ -25,8 +25,8 @@ from app.core.tasks.monitor import WorkerMonitor
 from app.core.tasks.redelivery import UNACKED
 from app.workers.celery_config import MIN_VISIBILITY_TIMEOUT, create_celery_app
 from scripts.harness.celery_processes import CeleryWorker
-from tests.integration.test_celery_worker import FINISHED, Records
 from tests.integration.test_dead_worker_recovery import KEYS, running_monitor, wait_until
+from tests.support.records import FINISHED, Records
 
 pytestmark = pytest.mark.integration
 

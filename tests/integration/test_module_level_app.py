@@ -15,6 +15,7 @@ from scripts.harness.processes import (
     REPO_ROOT,
     clean_environment,
     free_port,
+    run_python,
     terminate,
     wait_for_port,
 )
@@ -46,14 +47,7 @@ def test_uvicorn_app_main_app_serves(tmp_path: Path) -> None:
 def test_a_broken_environment_imports_but_refuses_to_start(tmp_path: Path) -> None:
     env = clean_environment(TASKLANE_STORE="redis")  # no REDIS_URL: cannot work
 
-    imported = subprocess.run(
-        [sys.executable, "-c", "import app.main; print(type(app.main.app).__name__)"],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    imported = run_python("import app.main; print(type(app.main.app).__name__)", env=env)
     assert imported.returncode == 0, imported.stderr
     assert imported.stdout.strip() == "FastAPI"
 

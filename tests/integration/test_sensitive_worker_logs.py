@@ -7,8 +7,6 @@ database), and a legacy `.delay()` call. The record itself keeps the real values
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -20,7 +18,7 @@ from app.core.tasks import TaskResult, TaskStatus
 from app.core.tasks.redaction import REDACTED
 from app.wiring import build_task_manager
 from scripts.harness.celery_processes import SAMPLE_TASK_MODULES, CeleryWorker
-from scripts.harness.processes import REPO_ROOT, clean_environment
+from scripts.harness.processes import clean_environment, run_python
 
 pytestmark = pytest.mark.integration
 
@@ -61,15 +59,7 @@ def delay_in_a_subprocess(redis_url: str, *values: str) -> str:
     env = clean_environment(
         CELERY_BROKER_URL=redis_url, REDIS_URL=redis_url, TASKLANE_TASK_MODULES=SAMPLE_TASK_MODULES
     )
-    published = subprocess.run(
-        [sys.executable, "-c", caller],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
+    published = run_python(caller, env=env, check=True)
     return published.stdout.strip().splitlines()[-1]
 
 

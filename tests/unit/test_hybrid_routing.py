@@ -29,7 +29,7 @@ from app.core.tasks.presence import WorkerKeys
 from app.core.tasks.queues import QueueRouting
 from app.core.tasks.registry import TaskRegistry, task
 from app.core.tasks.store.redis import RedisStore
-from scripts.harness.processes import free_port
+from scripts.harness.processes import free_port, run_python
 from scripts.harness.scaled_api import make_celery
 
 PREFIX = "test:"
@@ -640,10 +640,6 @@ def test_factory_builds_celery_alone_when_asked(redis_url: str) -> None:
 
 
 def test_the_api_builds_one_celery_app_from_the_settings_it_is_given() -> None:
-    import subprocess
-    import sys
-
-    from scripts.harness.processes import REPO_ROOT, clean_environment
 
     # A fresh interpreter: the only Celery apps alive are the ones building the manager made.
     code = (
@@ -661,23 +657,12 @@ def test_the_api_builds_one_celery_app_from_the_settings_it_is_given() -> None:
         "assert manager.executor.celery.owns_app  # closed with the executor\n"
         "assert 'app.workers.celery_app' not in sys.modules  # the worker's, from the env\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=REPO_ROOT,
-        env=clean_environment(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_python(code)
 
     assert result.returncode == 0, result.stderr[-2000:]
 
 
 def test_single_mode_never_imports_the_celery_app() -> None:
-    import subprocess
-    import sys
-
-    from scripts.harness.processes import REPO_ROOT, clean_environment
 
     code = (
         "import sys\n"
@@ -693,13 +678,6 @@ def test_single_mode_never_imports_the_celery_app() -> None:
         "loaded = [m for m in ('app.workers.celery_app', 'celery') if m in sys.modules]\n"
         "assert not loaded, loaded\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=REPO_ROOT,
-        env=clean_environment(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_python(code)
 
     assert result.returncode == 0, result.stderr[-2000:]

@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app.core.metrics_dir import ENV_VAR, prepare_multiprocess_dir, use_multiprocess_dir
 from app.core.metrics_exposition import PodCollector, sweep_dead_processes
-from scripts.harness.processes import REPO_ROOT, clean_environment
+from scripts.harness.processes import REPO_ROOT, clean_environment, run_python
 
 WRITER = textwrap.dedent(
     """
@@ -147,13 +147,5 @@ def test_broker_up_exists_only_in_processes_that_read_the_broker(tmp_path: Path)
         print("after:", REGISTRY.get_sample_value("tasklane_broker_up"))
         """
     )
-    out = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=REPO_ROOT,
-        env=clean_environment(),
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    ).stdout.splitlines()
+    out = run_python(script, check=True).stdout.splitlines()
     assert out == ["before: False", "after: 1.0"]

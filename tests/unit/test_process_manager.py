@@ -5,8 +5,6 @@ a builder set in its place."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from importlib.metadata import entry_points
 
 import pytest
@@ -14,7 +12,7 @@ import pytest
 from app.config import Settings
 from app.core.tasks import TaskManager, current, get_task_manager, set_task_manager_builder
 from app.wiring import build_task_manager
-from scripts.harness.processes import REPO_ROOT, clean_environment
+from scripts.harness.processes import run_python
 
 
 def test_the_installed_package_names_the_composition_root_as_the_default_builder() -> None:
@@ -36,14 +34,7 @@ def test_with_nothing_installed_get_task_manager_builds_from_the_environment() -
         "    await task_manager.stop(1)\n"
         "asyncio.run(main())\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=REPO_ROOT,
-        env=clean_environment(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = run_python(script)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["SUCCESS", "background"]
 
