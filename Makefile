@@ -5,20 +5,31 @@ BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: run run-scaled test bench lint format clean system-packages tools
+.PHONY: run run-scaled test bench lint format clean system-packages tools lock
 
 # A stamp per dependency set, so `make test` after `make run` installs only the extras.
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-$(VENV)/.runtime-installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e .
+# The runtime dependencies come from requirements.lock, hash-checked, exactly as the image
+# installs them; the project itself (and the dev extra's tools) on top, with nothing to resolve.
+$(VENV)/.runtime-installed: pyproject.toml requirements.lock | $(BIN)/python
+	$(BIN)/pip install -q --require-hashes -r requirements.lock
+	$(BIN)/pip install -q --no-deps -e .
 	touch $@
 
-$(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
+$(VENV)/.dev-installed: pyproject.toml requirements.lock | $(BIN)/python
+	$(BIN)/pip install -q --require-hashes -r requirements.lock
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@ $(VENV)/.runtime-installed
+
+## lock: re-resolve requirements.lock from pyproject.toml (keeps its pins; UPGRADE=1 takes the newest)
+UV_VERSION ?= 0.13.9
+lock: | $(BIN)/python
+	$(BIN)/pip install -q "uv==$(UV_VERSION)"
+	$(BIN)/uv pip compile pyproject.toml --universal --python-version 3.11 --generate-hashes \
+		--custom-compile-command "make lock" $(if $(UPGRADE),--upgrade) -o requirements.lock
 
 ## run: single mode on http://$(HOST):$(PORT) (in-process executor, in-memory store, no services)
 run: $(VENV)/.runtime-installed
