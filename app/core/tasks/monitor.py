@@ -59,6 +59,7 @@ from app.core.tasks.presence import (
     LivenessRule,
     WorkerInfo,
     WorkerKeys,
+    active_counts,
     aread_workers,
     heartbeat_client_name,
 )
@@ -360,12 +361,7 @@ class WorkerMonitor:
             workers = [self._with_connection(worker, connections) for worker in workers]
         for worker in workers:
             self.watched.update(worker.queues)
-        queues = sorted(self.watched)
-        async with client.pipeline(transaction=False) as pipe:
-            for queue in queues:
-                pipe.zcard(self.keys.active(queue))
-            counts = await pipe.execute()
-        active = {queue: int(count) for queue, count in zip(queues, counts, strict=True)}
+        active = await active_counts(client, self.keys, sorted(self.watched))
         return tuple(workers), MappingProxyType(active)
 
     async def _heartbeat_connections(self, client: AsyncRedis) -> frozenset[str] | None:
@@ -401,16 +397,8 @@ class WorkerMonitor:
 
     async def _read_queues(self) -> Mapping[str, int]:
         """Messages waiting per watched queue: base list plus priority sub-lists."""
-        client = self._queues_redis.client()
-        queues = sorted(self.watched)
-        lists = {queue: _LAYOUT.queue_lists(queue) for queue in queues}
-        async with client.pipeline(transaction=False) as pipe:
-            for queue in queues:
-                for name in lists[queue]:
-                    pipe.llen(name)
-            counts = iter(await pipe.execute())
-        lengths = {queue: sum(int(next(counts)) for _ in lists[queue]) for queue in queues}
-        return MappingProxyType(lengths)
+        waiting = await _LAYOUT.waiting(self._queues_redis.client(), sorted(self.watched))
+        return MappingProxyType({queue: sum(steps.values()) for queue, steps in waiting.items()})
 
     def _export(self, snapshot: WorkerSnapshot, now: float) -> None:
         metrics.set_broker_up(snapshot.broker_up)

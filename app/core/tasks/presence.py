@@ -32,7 +32,7 @@ phantom running tasks behind for the autoscaler to count.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -174,44 +174,39 @@ class LivenessRule:
 # -- readers -------------------------------------------------------------------------------------
 
 
-def read_workers(client: redis.Redis, keys: WorkerKeys) -> list[WorkerInfo]:
-    """Every worker in the heartbeat ZSET, dead or alive (`tasklane status` shows both)."""
-    scored = client.zrange(keys.workers, 0, -1, withscores=True)
-    with client.pipeline(transaction=False) as pipe:
-        for hostname, _ in scored:
-            pipe.hgetall(keys.worker(hostname))
-        return _infos(scored, pipe.execute())
-
-
-async def aread_workers(client: aioredis.Redis, keys: WorkerKeys, since: float) -> list[WorkerInfo]:
-    """The workers whose last beat is at or after `since` (the monitor's tick: the dead are
-    not read)."""
+async def aread_workers(
+    client: aioredis.Redis, keys: WorkerKeys, since: float = float("-inf")
+) -> list[WorkerInfo]:
+    """The workers whose last beat is at or after `since`: the monitor's tick reads only the
+    live ones, `tasklane status` every one (it shows the dead too)."""
     scored = await client.zrangebyscore(keys.workers, since, "+inf", withscores=True)
     if not scored:
         return []
     async with client.pipeline(transaction=False) as pipe:
         for hostname, _ in scored:
             pipe.hgetall(keys.worker(hostname))
-        return _infos(scored, await pipe.execute())
-
-
-def _infos(scored: list[tuple[str, float]], hashes: list[dict[str, str]]) -> list[WorkerInfo]:
-    """Both readers' answer: the ZSET's (hostname, last beat) pairs with each worker's hash."""
+        hashes = await pipe.execute()
     return [
         WorkerInfo.from_hash(hostname, score, fields)
         for (hostname, score), fields in zip(scored, hashes, strict=True)
     ]
 
 
+async def active_counts(
+    client: aioredis.Redis, keys: WorkerKeys, queues: Sequence[str]
+) -> dict[str, int]:
+    """queue -> how many tasks workers are running from it (the size of active:{queue})."""
+    async with client.pipeline(transaction=False) as pipe:
+        for queue in queues:
+            pipe.zcard(keys.active(queue))
+        counts = await pipe.execute()
+    return {queue: int(count) for queue, count in zip(queues, counts, strict=True)}
+
+
 def last_beat(client: redis.Redis, keys: WorkerKeys, hostname: str) -> float | None:
     """Unix time of `hostname`'s last heartbeat (None: it never beat, or was purged)."""
     score = client.zscore(keys.workers, hostname)
     return None if score is None else float(score)
-
-
-def active_ids(client: redis.Redis, keys: WorkerKeys, queues: Iterable[str]) -> dict[str, set[str]]:
-    """queue -> the task ids running from it (for tests)."""
-    return {queue: set(client.zrange(keys.active(queue), 0, -1)) for queue in queues}
 
 
 def attempt_running(
@@ -337,15 +332,6 @@ def _purge_one(client: redis.Redis, keys: WorkerKeys, hostname: str, cutoff: flo
 # -- writes: the tasks a worker runs (pool children) ---------------------------------------------
 
 
-def mark_active(
-    client: redis.Redis, keys: WorkerKeys, hostname: str, task_id: str, queue: str
-) -> None:
-    """`hostname` starts running task_id from `queue`."""
-    with client.pipeline(transaction=True) as pipe:
-        _queue(pipe, _active_ops(keys, hostname, task_id, queue))
-        pipe.execute()
-
-
 def mark_done(
     client: redis.Redis, keys: WorkerKeys, hostname: str, task_id: str, queue: str
 ) -> None:
@@ -365,9 +351,9 @@ async def mark_done_async(
 
 
 def attempt_riders(keys: WorkerKeys, hostname: str, task_id: str, queue: str) -> Riders:
-    """mark_active() and mark_done() as riders of the attempt's STARTED and final writes
+    """A running attempt's entries as riders of its STARTED and final writes
     (ResultStore.update): the entry exists before the record says STARTED, and goes with the
-    write that settles it."""
+    write that settles it (the same removal as mark_done())."""
     return Riders(
         before=_active_ops(keys, hostname, task_id, queue),
         after=_done_ops(keys, hostname, task_id, queue),
