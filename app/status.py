@@ -225,47 +225,45 @@ async def _decide(settings: Settings, url: str, limit: int) -> _Decisions:
     store = RedisStore(url, prefix=settings.key_prefix, recent_max=settings.recent_max)
     routing = QueueRouting.from_settings(settings)
     specs = list(registry)
+    kind = settings.resolved_executor
+    kubernetes: dict[str, Any] = {"enabled": False}
+    broker_up: bool | None = None
     try:
         failures = [
             _failure_row(record)
             for record in await store.list(status=TaskStatus.FAILURE, limit=limit)
         ]
-        kind = settings.resolved_executor
         if kind != "hybrid":
-            return _Decisions(
-                routes=[_route_row(spec, routing, None, kind, None) for spec in specs],
-                failures=failures,
-                kubernetes={"enabled": False},
-                queues=routing.queues(specs),
-                broker_up=None,
-            )
-        from app.core.tasks.executors.hybrid import HybridExecutor
-        from app.wiring import build_executor
+            routes = [_route_row(spec, routing, None, kind, None) for spec in specs]
+        else:
+            from app.core.tasks.executors.hybrid import HybridExecutor
+            from app.wiring import build_executor
 
-        hybrid = build_executor(settings, store=store, registry=registry, hooks=TaskHooks())
-        assert isinstance(hybrid, HybridExecutor)  # settings.resolved_executor == "hybrid"
-        monitor = hybrid.monitor
-        try:
-            await monitor.refresh()
-            if monitor.kubernetes is not None:
-                await asyncio.to_thread(monitor.kubernetes.sync_once)
-            routes = []
-            for spec in specs:
-                route = hybrid.route_preview(spec)
-                pin = route.executor if route.pinned else None
-                routes.append(_route_row(spec, routing, pin, route.executor, route.fallback))
-            return _Decisions(
-                routes=routes,
-                failures=failures,
-                kubernetes=monitor.describe()["kubernetes"],
-                queues=routing.queues(specs),
-                broker_up=monitor.broker_up,
-            )
-        finally:
-            await monitor.stop()
-            await hybrid.celery.stop(0)
+            hybrid = build_executor(settings, store=store, registry=registry, hooks=TaskHooks())
+            assert isinstance(hybrid, HybridExecutor)  # settings.resolved_executor == "hybrid"
+            monitor = hybrid.monitor
+            try:
+                await monitor.refresh()
+                if monitor.kubernetes is not None:
+                    await asyncio.to_thread(monitor.kubernetes.sync_once)
+                routes = []
+                for spec in specs:
+                    route = hybrid.route_preview(spec)
+                    pin = route.executor if route.pinned else None
+                    routes.append(_route_row(spec, routing, pin, route.executor, route.fallback))
+                kubernetes, broker_up = monitor.describe()["kubernetes"], monitor.broker_up
+            finally:
+                await monitor.stop()
+                await hybrid.celery.stop(0)
     finally:
         await store.close()
+    return _Decisions(
+        routes=routes,
+        failures=failures,
+        kubernetes=kubernetes,
+        queues=routing.queues(specs),
+        broker_up=broker_up,
+    )
 
 
 def _failure_row(record: Any) -> FailureRow:
