@@ -33,12 +33,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING
 
 import redis
-from redis.exceptions import WatchError
+from redis.exceptions import RedisError, WatchError
 
 from app.core.tasks.store import KeyOp, Riders
 
@@ -201,6 +201,49 @@ async def active_counts(
             pipe.zcard(keys.active(queue))
         counts = await pipe.execute()
     return {queue: int(count) for queue, count in zip(queues, counts, strict=True)}
+
+
+class HeartbeatConnections:
+    """Which live workers' heartbeat connections are open, as CLIENT LIST shows them (the
+    monitor's tick): a worker whose connection was seen and is gone gets `connected=False`, the
+    rule's short grace. A connection never seen (a proxy, CLIENT LIST refused) proves nothing,
+    nor does a Redis restart, which closes every connection: when the server's run_id changes,
+    the connections seen before are forgotten until each is seen again."""
+
+    def __init__(self) -> None:
+        self._seen: set[str] = set()
+        self._run_id: str | None = None
+
+    async def annotate(self, client: aioredis.Redis, workers: list[WorkerInfo]) -> list[WorkerInfo]:
+        """`workers` with `connected` set where CLIENT LIST tells."""
+        if not workers:
+            return workers
+        await self._check_server_run(client)
+        # Forget workers that left the ZSET (pods come and go under new names).
+        self._seen &= {worker.hostname for worker in workers}
+        try:
+            clients = await client.client_list(_type="normal")
+        except RedisError:
+            return workers  # ACLs or a proxy may refuse it: the heartbeat window alone decides
+        names = {entry.get("name", "") for entry in clients}
+        return [self._connected(worker, names) for worker in workers]
+
+    async def _check_server_run(self, client: aioredis.Redis) -> None:
+        try:
+            run_id = (await client.info("server")).get("run_id")
+        except RedisError:
+            return  # refused like CLIENT LIST: nothing to compare
+        if run_id != self._run_id and self._run_id is not None:
+            self._seen.clear()
+        self._run_id = run_id
+
+    def _connected(self, worker: WorkerInfo, names: set[str]) -> WorkerInfo:
+        if heartbeat_client_name(worker.hostname) in names:
+            self._seen.add(worker.hostname)
+            return replace(worker, connected=True)
+        if worker.hostname in self._seen:
+            return replace(worker, connected=False)
+        return worker
 
 
 def last_beat(client: redis.Redis, keys: WorkerKeys, hostname: str) -> float | None:
