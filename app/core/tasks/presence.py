@@ -20,10 +20,6 @@ app/core/tasks/recovery.py:
   unacked:holders          HASH  kombu delivery tag -> hostname of the worker holding it
   worker:{host}:evicted    STRING when recovery declared that worker dead (its fence)
 
-The heartbeat's connection is named heartbeat_client_name(host) (CLIENT SETNAME), so the
-monitor also sees in CLIENT LIST that a worker's connection closed: a SIGKILLed worker's kernel
-closes its sockets at once, long before its heartbeat goes stale.
-
 A worker's entries are removed by the worker itself on shutdown, and by any other worker's
 heartbeat once the liveness rule declares it dead (purge_dead), so a SIGKILLed pod never leaves
 phantom running tasks behind for the autoscaler to count.
@@ -204,10 +200,11 @@ async def active_counts(
 
 
 class HeartbeatConnections:
-    """Which live workers' heartbeat connections are open, as CLIENT LIST shows them (the
-    monitor's tick): a worker whose connection was seen and is gone gets `connected=False`, the
-    rule's short grace. A connection never seen (a proxy, CLIENT LIST refused) proves nothing,
-    nor does a Redis restart, which closes every connection: when the server's run_id changes,
+    """Which live workers' heartbeat connections (heartbeat_client_name) are open, as CLIENT
+    LIST shows them on the monitor's tick: a SIGKILLed worker's kernel closes its sockets at
+    once, long before its beat goes stale, so a connection seen and now gone earns the rule's
+    short grace (`connected=False`). One never seen (a proxy, CLIENT LIST refused) proves
+    nothing, nor does a Redis restart, which closes them all: when the server's run_id changes,
     the connections seen before are forgotten until each is seen again."""
 
     def __init__(self) -> None:
