@@ -60,13 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--workers", type=_positive, default=1, help="uvicorn worker processes (default 1)"
     )
-    serve.add_argument(
-        "--log-level",
-        type=str.lower,
-        choices=LOG_LEVELS,
-        default=None,
-        help="log level (default: TASKLANE_LOG_LEVEL, else info)",
-    )
+    _add_log_level(serve, "--log-level", LOG_LEVELS)  # uvicorn's spelling
 
     worker = commands.add_parser(
         "worker",
@@ -91,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="port of the worker's /metrics (default: TASKLANE_WORKER_METRICS_PORT, else 9464; "
         "0 = off)",
     )
-    _add_celery_loglevel(worker)
+    _add_log_level(worker, "--loglevel", CELERY_LOG_LEVELS)
 
     beat = commands.add_parser(
         "beat",
@@ -103,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_BEAT_SCHEDULE,
         help=f"schedule state file in a writable directory (default {DEFAULT_BEAT_SCHEDULE})",
     )
-    _add_celery_loglevel(beat)
+    _add_log_level(beat, "--loglevel", CELERY_LOG_LEVELS)
 
     status = commands.add_parser(
         "status",
@@ -141,11 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_celery_loglevel(parser: argparse.ArgumentParser) -> None:
+def _add_log_level(parser: argparse.ArgumentParser, flag: str, levels: Sequence[str]) -> None:
     parser.add_argument(
-        "--loglevel",
+        flag,
         type=str.lower,
-        choices=CELERY_LOG_LEVELS,
+        choices=levels,
         default=None,
         help="log level (default: TASKLANE_LOG_LEVEL, else info)",
     )

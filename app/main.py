@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import gc
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from fastapi import FastAPI
 from pydantic import ValidationError
@@ -137,10 +137,8 @@ def _module_app() -> FastAPI:
     except (ValueError, ValidationError) as exc:
         problem = str(exc)
 
-        @asynccontextmanager
-        async def refuse_to_start(_: FastAPI) -> AsyncIterator[None]:
+        def refuse_to_start(_: FastAPI) -> AbstractAsyncContextManager[None]:
             raise StartupFailed(f"cannot start: {problem}")
-            yield  # unreachable: makes this an async generator, as lifespan wants
 
         broken = FastAPI(title="tasklane", lifespan=refuse_to_start)
         broken.add_middleware(OneLineStartupFailure)

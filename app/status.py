@@ -20,10 +20,17 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import redis
+import redis.asyncio as aioredis
 
 from app.config import Settings
 from app.core.redis_client import redact
-from app.core.tasks.presence import LivenessRule, WorkerKeys, read_workers
+from app.core.tasks.presence import (
+    LivenessRule,
+    WorkerInfo,
+    WorkerKeys,
+    active_counts,
+    aread_workers,
+)
 from app.core.tasks.redelivery import BrokerLayout
 
 #: Where kombu keeps each queue's messages: its base list and priority sub-lists.
@@ -109,33 +116,31 @@ def collect(settings: Settings, *, failures: int = 10) -> StatusReport:
             "no Redis configured: set REDIS_URL (or a redis CELERY_BROKER_URL) to the Redis the "
             "api and workers share"
         )
-    client = redis.Redis.from_url(
-        url, decode_responses=True, socket_connect_timeout=3, socket_timeout=5
-    )
+    return asyncio.run(_collect(settings, url, failures))
+
+
+async def _collect(settings: Settings, url: str, failures: int) -> StatusReport:
+    client = _client(url)
     broker = settings.broker_redis_url
-    broker_url = broker if broker != url else None
-    queues_client = (
-        redis.Redis.from_url(
-            broker_url, decode_responses=True, socket_connect_timeout=3, socket_timeout=5
-        )
-        if broker_url
-        else client
-    )
+    queues_client = _client(broker) if broker and broker != url else client
     try:
         try:
-            client.ping()
+            await client.ping()
         except (redis.RedisError, OSError) as exc:
             raise StatusUnavailable(f"cannot reach Redis at {redact(url)}: {exc}") from None
         now = time.time()
         keys = WorkerKeys(settings.key_prefix)
-        workers, stale = _read_workers(client, keys, now, settings.worker_heartbeat_interval)
-        decided = asyncio.run(_decide(settings, url, failures))
+        rule = LivenessRule.for_interval(settings.worker_heartbeat_interval)
+        infos = await aread_workers(client, keys)
+        workers = [_worker_row(info, now) for info in infos if rule.is_live(info.last_seen, now)]
+        stale = [info.hostname for info in infos if not rule.is_live(info.last_seen, now)]
+        decided = await _decide(settings, url, failures)
         names = sorted(decided.queues | {queue for worker in workers for queue in worker.queues})
-        queues = _read_queues(client, queues_client, keys, names, workers)
+        queues = await _read_queues(client, queues_client, keys, names, workers)
     finally:
-        client.close()
+        await client.aclose()
         if queues_client is not client:
-            queues_client.close()
+            await queues_client.aclose()
     return StatusReport(
         redis=redact(url),
         mode="single" if settings.resolved_executor == "background" else "scaled",
@@ -151,61 +156,44 @@ def collect(settings: Settings, *, failures: int = 10) -> StatusReport:
     )
 
 
-def _read_workers(
-    client: redis.Redis, keys: WorkerKeys, now: float, interval: float
-) -> tuple[list[WorkerRow], list[str]]:
-    """Live workers as rows, and the hostnames whose beat the liveness rule declares dead."""
-    rule = LivenessRule.for_interval(interval)
-    workers: list[WorkerRow] = []
-    stale: list[str] = []
-    for info in read_workers(client, keys):
-        if not rule.is_live(info.last_seen, now):
-            stale.append(info.hostname)
-            continue
-        workers.append(
-            WorkerRow(
-                hostname=info.hostname,
-                queues=list(info.queues),
-                concurrency=info.concurrency,
-                heartbeat_age=round(max(now - info.last_seen, 0.0), 1),
-                version=info.version,
-                pid=info.pid,
-            )
-        )
-    return workers, stale
+def _client(url: str) -> aioredis.Redis:
+    return aioredis.Redis.from_url(
+        url, decode_responses=True, socket_connect_timeout=3, socket_timeout=5
+    )
 
 
-def _read_queues(
-    client: redis.Redis,
-    queues_client: redis.Redis,
+def _worker_row(info: WorkerInfo, now: float) -> WorkerRow:
+    return WorkerRow(
+        hostname=info.hostname,
+        queues=list(info.queues),
+        concurrency=info.concurrency,
+        heartbeat_age=round(max(now - info.last_seen, 0.0), 1),
+        version=info.version,
+        pid=info.pid,
+    )
+
+
+async def _read_queues(
+    client: aioredis.Redis,
+    queues_client: aioredis.Redis,
     keys: WorkerKeys,
     names: Sequence[str],
     workers: Sequence[WorkerRow],
 ) -> list[QueueRow]:
     try:
-        with queues_client.pipeline(transaction=False) as pipe:
-            for name in names:
-                for list_name in LAYOUT.queue_lists(name):
-                    pipe.llen(list_name)
-            counts = iter(pipe.execute())
-        lengths: dict[str, dict[str, int] | None] = {
-            name: {str(step): int(next(counts)) for step in LAYOUT.priority_steps} for name in names
-        }
+        waiting: dict[str, dict[int, int]] | None = await LAYOUT.waiting(queues_client, names)
     except (redis.RedisError, OSError):  # the broker is another Redis, and it is down
-        lengths = dict.fromkeys(names)
-    with client.pipeline(transaction=False) as pipe:
-        for name in names:
-            pipe.zcard(keys.active(name))
-        active = pipe.execute()
+        waiting = None
+    active = await active_counts(client, keys, names)
     rows = []
-    for name, running in zip(names, active, strict=True):
-        by_priority = lengths[name]
+    for name in names:
+        by_priority = None if waiting is None else {str(k): n for k, n in waiting[name].items()}
         rows.append(
             QueueRow(
                 name=name,
                 waiting=sum(by_priority.values()) if by_priority is not None else None,
                 by_priority=by_priority,
-                active=int(running),
+                active=active[name],
                 workers=sum(1 for worker in workers if name in worker.queues),
             )
         )
@@ -237,47 +225,45 @@ async def _decide(settings: Settings, url: str, limit: int) -> _Decisions:
     store = RedisStore(url, prefix=settings.key_prefix, recent_max=settings.recent_max)
     routing = QueueRouting.from_settings(settings)
     specs = list(registry)
+    kind = settings.resolved_executor
+    kubernetes: dict[str, Any] = {"enabled": False}
+    broker_up: bool | None = None
     try:
         failures = [
             _failure_row(record)
             for record in await store.list(status=TaskStatus.FAILURE, limit=limit)
         ]
-        kind = settings.resolved_executor
         if kind != "hybrid":
-            return _Decisions(
-                routes=[_route_row(spec, routing, None, kind, None) for spec in specs],
-                failures=failures,
-                kubernetes={"enabled": False},
-                queues=routing.queues(specs),
-                broker_up=None,
-            )
-        from app.core.tasks.executors.hybrid import HybridExecutor
-        from app.wiring import build_executor
+            routes = [_route_row(spec, routing, None, kind, None) for spec in specs]
+        else:
+            from app.core.tasks.executors.hybrid import HybridExecutor
+            from app.wiring import build_executor
 
-        hybrid = build_executor(settings, store=store, registry=registry, hooks=TaskHooks())
-        assert isinstance(hybrid, HybridExecutor)  # settings.resolved_executor == "hybrid"
-        monitor = hybrid.monitor
-        try:
-            await monitor.refresh()
-            if monitor.kubernetes is not None:
-                await asyncio.to_thread(monitor.kubernetes.sync_once)
-            routes = []
-            for spec in specs:
-                route = hybrid.route_preview(spec)
-                pin = route.executor if route.pinned else None
-                routes.append(_route_row(spec, routing, pin, route.executor, route.fallback))
-            return _Decisions(
-                routes=routes,
-                failures=failures,
-                kubernetes=monitor.describe()["kubernetes"],
-                queues=routing.queues(specs),
-                broker_up=monitor.broker_up,
-            )
-        finally:
-            await monitor.stop()
-            await hybrid.celery.stop(0)
+            hybrid = build_executor(settings, store=store, registry=registry, hooks=TaskHooks())
+            assert isinstance(hybrid, HybridExecutor)  # settings.resolved_executor == "hybrid"
+            monitor = hybrid.monitor
+            try:
+                await monitor.refresh()
+                if monitor.kubernetes is not None:
+                    await asyncio.to_thread(monitor.kubernetes.sync_once)
+                routes = []
+                for spec in specs:
+                    route = hybrid.route_preview(spec)
+                    pin = route.executor if route.pinned else None
+                    routes.append(_route_row(spec, routing, pin, route.executor, route.fallback))
+                kubernetes, broker_up = monitor.describe()["kubernetes"], monitor.broker_up
+            finally:
+                await monitor.stop()
+                await hybrid.celery.stop(0)
     finally:
         await store.close()
+    return _Decisions(
+        routes=routes,
+        failures=failures,
+        kubernetes=kubernetes,
+        queues=routing.queues(specs),
+        broker_up=broker_up,
+    )
 
 
 def _failure_row(record: Any) -> FailureRow:

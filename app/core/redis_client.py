@@ -7,7 +7,7 @@ handing each loop its own client keeps a closed loop's sockets from ever being r
 Each client's pool is bounded (PoolLimits) and a full pool makes a command wait for a free
 connection, bounded too: redis-py's default pool raises MaxConnectionsError instead, which is a
 ConnectionError and so became a 503 "store unreachable" under a burst of requests while Redis
-was perfectly healthy (issue 11, item 4). Only Redis not answering, or no connection freed
+was perfectly healthy. Only Redis not answering, or no connection freed
 within the wait, is reported unavailable.
 """
 

@@ -33,6 +33,7 @@ from app.main import create_app
 from app.workers.celery_config import TasklaneCelery, create_celery_app
 from scripts.harness.celery_processes import CeleryBeat, CeleryWorker, make_entry_due
 from scripts.harness.processes import RedisServer, clean_environment, run_python
+from tests.support.presence import mark_active
 from tests.support.records import FINISHED, Records
 
 pytestmark = pytest.mark.integration
@@ -364,7 +365,7 @@ def _info(hostname: str, started: float) -> WorkerInfo:
 def test_an_attempt_runs_only_while_its_worker_incarnation_lists_it(records: Records) -> None:
     client, now = records.client, time.time()
     presence.write_heartbeat(client, KEYS, _info("w@h", started=now - 10), interval=5)
-    presence.mark_active(client, KEYS, "w@h", "t1", "heavy")
+    mark_active(client, KEYS, "w@h", "t1", "heavy")
     begun = datetime.fromtimestamp(now - 5, UTC)
 
     def running(task_id: str = "t1", started: datetime = begun) -> bool:
@@ -386,7 +387,7 @@ def test_purge_removes_only_dead_workers_and_their_active_entries(records: Recor
     client, now = records.client, time.time()
     for hostname in ("dead@h", "live@h"):
         presence.write_heartbeat(client, KEYS, _info(hostname, now), interval=1)
-        presence.mark_active(client, KEYS, hostname, f"{hostname}-task", "heavy")
+        mark_active(client, KEYS, hostname, f"{hostname}-task", "heavy")
     client.zadd(KEYS.workers, {"dead@h": now - 10})
 
     assert presence.purge_dead(client, KEYS, interval=1) == ["dead@h"]

@@ -12,11 +12,11 @@ import redis
 import uvloop
 
 from app.config import Settings
-from app.core.tasks import presence
 from app.core.tasks.models import TaskResult, TaskStatus, utcnow
 from app.core.tasks.registry import TaskRegistry, task
 from app.workers.delivery import CELERY, Delivery, deliver, new_record
 from app.workers.runtime import Runtime
+from tests.support.presence import active_ids
 
 REGISTRY = TaskRegistry()
 HOST = "delivery-test@host"
@@ -121,7 +121,7 @@ def test_a_waiting_task_is_one_loop_hop_and_three_round_trips(
     assert ran["get"] == 1 + 2
     assert (ran["zadd"], ran["hset"], ran["zrem"], ran["hdel"]) == (1, 1, 1, 1)
     assert seen_active == [True, True]
-    assert presence.active_ids(client, runtime.keys, ["light"]) == {"light": set()}
+    assert active_ids(client, runtime.keys, ["light"]) == {"light": set()}
 
 
 def test_the_runtime_loop_is_uvloop(runtime: Runtime) -> None:
@@ -177,7 +177,7 @@ def test_a_task_left_started_by_a_dead_worker_is_taken_over(
 
 def _active_entries(client: redis.Redis, rt: Runtime) -> tuple[set[str], dict[str, str]]:
     return (
-        presence.active_ids(client, rt.keys, ["light"])["light"],
+        active_ids(client, rt.keys, ["light"])["light"],
         client.hgetall(rt.keys.worker_active(HOST)),
     )
 

@@ -5,29 +5,3 @@ the ScaledObject (state.py); `tasklane scale` pauses or scales the pool (scaling
 Optional and off outside a cluster (TASKLANE_KUBERNETES=auto|on|off). Nothing here imports the
 `kubernetes` package at module load, so single mode and workers never pay for it.
 """
-
-from __future__ import annotations
-
-from app.core.kubernetes.client import (
-    Connection,
-    KubeConfigError,
-    load_connection,
-)
-from app.core.kubernetes.state import (
-    PAUSED,
-    PAUSED_REPLICAS,
-    DeploymentState,
-    KubeView,
-    ScaledObjectState,
-)
-
-__all__ = [
-    "PAUSED",
-    "PAUSED_REPLICAS",
-    "Connection",
-    "DeploymentState",
-    "KubeConfigError",
-    "KubeView",
-    "ScaledObjectState",
-    "load_connection",
-]

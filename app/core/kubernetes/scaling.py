@@ -34,7 +34,6 @@ from app.core.kubernetes.state import (
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
 
-EXIT_OK = 0
 #: The API refused the change for another reason (5xx, conflict, invalid).
 EXIT_API_ERROR = 1
 #: Bad arguments or no usable configuration (also argparse's status).
@@ -135,20 +134,9 @@ class WorkerScaler:
                 self.namespace,
                 {"spec": {"replicas": replicas}},
             )
-            return ScaleOutcome(
-                namespace=self.namespace,
-                deployment=deployment,
-                scaled_object=None,
-                replicas=replicas,
-            )
-        self._annotate(found.name, {PAUSED_REPLICAS: str(replicas)})
-        return ScaleOutcome(
-            namespace=self.namespace,
-            deployment=deployment,
-            scaled_object=found,
-            replicas=replicas,
-            paused_before=found.paused_replicas,
-        )
+        else:
+            self._annotate(found.name, {PAUSED_REPLICAS: str(replicas)})
+        return self._outcome(deployment, found, replicas)
 
     def resume(self) -> ScaleOutcome:
         """Let KEDA autoscale again (remove both pause annotations). Raises ScaleError, with
@@ -164,12 +152,17 @@ class WorkerScaler:
             )
         if found.paused_replicas is not None or found.paused:
             self._annotate(found.name, {PAUSED_REPLICAS: None, PAUSED: None})
+        return self._outcome(deployment, found, None)
+
+    def _outcome(
+        self, deployment: DeploymentState, found: ScaledObjectState | None, replicas: int | None
+    ) -> ScaleOutcome:
         return ScaleOutcome(
             namespace=self.namespace,
             deployment=deployment,
             scaled_object=found,
-            replicas=None,
-            paused_before=found.paused_replicas,
+            replicas=replicas,
+            paused_before=found.paused_replicas if found is not None else None,
         )
 
     # -- reads -----------------------------------------------------------------------------------

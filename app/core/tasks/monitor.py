@@ -1,43 +1,21 @@
 """WorkerMonitor: which Celery queues can be served right now, answered from a cache.
 
-Every `interval` seconds, off the request path, one asyncio task reads the worker heartbeats
-(DESIGN.md §3, keys in presence.py): the `workers` ZSET (members younger than the liveness
-window) and each live worker's hash, then the length of every queue (base list plus kombu's
-priority sub-lists) and the size of its `active:{queue}` ZSET. The result is an immutable
-WorkerSnapshot; can_serve() and live_workers() read only that snapshot and the clock, so routing a
-submit never waits on the network.
+Every `interval` seconds, off the request path, one asyncio task reads the live workers
+(presence.py), every watched queue's backlog and its running count into an immutable
+WorkerSnapshot; can_serve() and live_workers() read only that snapshot and the clock, so routing
+a submit never waits on the network (nor broadcasts Celery's control.ping() per question).
+Worker keys come from `redis_url`; queue lists from `broker_url` when the broker is another Redis.
 
-Worker keys are read from `redis_url`, the Redis the workers write them to (the result store's,
-presence.py); queue lists from `broker_url` when the broker is another Redis.
+Liveness is presence.LivenessRule, judged when asked, not when read: a worker stops counting on
+time even while Redis is unreachable. Each tick also sees which heartbeat connections closed
+(presence.HeartbeatConnections), so a SIGKILLed pool is noticed in about interval + 1 s + one
+tick instead of the heartbeat window. With `recovery`, each tick also restores the
+unacknowledged messages of workers the rule declares dead (recovery.py).
 
-Liveness is judged against the clock when asked, not when read (presence.LivenessRule): a
-worker whose last heartbeat is older than the window stops counting at that moment, even if Redis is
-unreachable and the snapshot cannot be refreshed. Worker and api clocks are compared, so hosts
-need NTP. A worker that dies is noticed sooner through its connection: each tick also reads
-CLIENT LIST, and a worker whose named heartbeat connection (presence.heartbeat_client_name)
-this monitor has seen before but sees no more, and whose last beat is older than one interval
-plus a second, is dead (a SIGKILLed process's sockets close at once; a live worker that merely
-lost its connection reconnects at its next beat, inside that grace). So a dead pool is noticed
-within about interval + 1 s + one monitor tick (8 s by default) instead of 15 s; a host that
-vanishes without closing its sockets still falls back to the heartbeat window. Behind a proxy
-(or where CLIENT LIST is refused) names are never seen, and only the heartbeat window counts.
-A new worker is noticed within one monitor interval.
-Never uses Celery's control.ping(): a broadcast per question is what this replaces.
-A Redis restart closes every connection and so proves nothing about a worker: when the
-server's run_id changes, the connections seen before are forgotten (only the heartbeat window
-counts until each worker's connection is seen again).
-
-With `recovery` (a BrokerLayout, when the broker is the store's Redis), each tick also puts
-the unacknowledged messages of workers this rule declares dead back on their queues
-(app/core/tasks/recovery.py), off the request path.
-
-In a cluster, an optional KubeWatcher (app/core/kubernetes) adds what heartbeats cannot say in
-time: a worker Deployment held at zero (`kubectl scale --replicas=0`, or KEDA paused at 0) stops
-counting its pods' workers at once, while their heartbeats are still fresh; and scale-from-zero
-comes from the ScaledObject (minReplicaCount 0, not paused) instead of TASKLANE_SCALE_FROM_ZERO,
-which stays the fallback while the watcher has no data. Heartbeats still decide who consumes a
-queue: a Deployment with replicas but no live heartbeat serves nothing (unless scale-from-zero).
-The watcher's view is read like the snapshot, from memory, on the request path.
+An optional KubeWatcher (app/core/kubernetes) adds what heartbeats cannot say in time: a worker
+Deployment held at zero stops counting its pods' workers at once, and scale-from-zero comes from
+the ScaledObject, TASKLANE_SCALE_FROM_ZERO being the fallback while the watcher has no data.
+Heartbeats still decide who consumes a queue. The watcher's view is read from memory too.
 """
 
 from __future__ import annotations
@@ -46,7 +24,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
@@ -56,18 +34,17 @@ from app.core.kubernetes.state import pod_matcher, runs_in
 from app.core.redis_client import LoopLocalRedis
 from app.core.tasks import metrics
 from app.core.tasks.presence import (
+    HeartbeatConnections,
     LivenessRule,
     WorkerInfo,
     WorkerKeys,
+    active_counts,
     aread_workers,
-    heartbeat_client_name,
 )
 from app.core.tasks.recovery import Recovery
 from app.core.tasks.redelivery import BrokerLayout
 
 if TYPE_CHECKING:
-    from redis.asyncio import Redis as AsyncRedis
-
     from app.core.kubernetes.watch import KubeWatcher
 
 log = logging.getLogger("tasklane.monitor")
@@ -152,11 +129,8 @@ class WorkerMonitor:
         #: The liveness rule of workers beating every heartbeat_interval (presence.py).
         self.rule = LivenessRule.for_interval(heartbeat_interval)
         self.liveness = self.rule.liveness
-        #: Workers whose heartbeat connection CLIENT LIST has shown (so its absence means
-        #: something: never seen, e.g. behind a proxy, proves nothing).
-        self._connections_seen: set[str] = set()
-        #: The Redis server run those connections were seen on.
-        self._run_id: str | None = None
+        #: Tells a worker whose heartbeat connection closed (a killed pool) from one never seen.
+        self._connections = HeartbeatConnections()
         # One read must not outlast the next tick, nor hang on a black-holed host.
         self.io_timeout = min(max(interval, 0.5), max(heartbeat_interval, 0.5))
         #: Queues measured on every tick; queues that workers report are added as seen.
@@ -351,66 +325,17 @@ class WorkerMonitor:
     async def _read_workers(self, now: float) -> tuple[tuple[WorkerInfo, ...], Mapping[str, int]]:
         """Live workers (heartbeat ZSET + hashes) and active counts, from the worker keys."""
         client = self._workers_redis.client()
-        workers = await aread_workers(client, self.keys, self.rule.cutoff(None, now))
-        if workers:
-            await self._check_server_run(client)
-            connections = await self._heartbeat_connections(client)
-            # Forget workers that left the ZSET (pods come and go under new names).
-            self._connections_seen &= {worker.hostname for worker in workers}
-            workers = [self._with_connection(worker, connections) for worker in workers]
+        live = await aread_workers(client, self.keys, self.rule.cutoff(None, now))
+        workers = await self._connections.annotate(client, live)
         for worker in workers:
             self.watched.update(worker.queues)
-        queues = sorted(self.watched)
-        async with client.pipeline(transaction=False) as pipe:
-            for queue in queues:
-                pipe.zcard(self.keys.active(queue))
-            counts = await pipe.execute()
-        active = {queue: int(count) for queue, count in zip(queues, counts, strict=True)}
+        active = await active_counts(client, self.keys, sorted(self.watched))
         return tuple(workers), MappingProxyType(active)
-
-    async def _heartbeat_connections(self, client: AsyncRedis) -> frozenset[str] | None:
-        """Names of the open client connections (None when CLIENT LIST is refused)."""
-        try:
-            clients = await client.client_list(_type="normal")
-        except RedisError:
-            return None  # ACLs or a proxy may refuse it: the heartbeat window alone decides
-        return frozenset(entry.get("name", "") for entry in clients)
-
-    async def _check_server_run(self, client: AsyncRedis) -> None:
-        """Forget the connections seen when Redis restarted (see the module docstring)."""
-        try:
-            run_id = (await client.info("server")).get("run_id")
-        except RedisError:
-            return  # refused like CLIENT LIST: nothing to compare
-        if run_id != self._run_id and self._run_id is not None:
-            self._connections_seen.clear()
-        self._run_id = run_id
-
-    def _with_connection(
-        self, worker: WorkerInfo, connections: frozenset[str] | None
-    ) -> WorkerInfo:
-        if connections is None:
-            return worker
-        name = heartbeat_client_name(worker.hostname)
-        if name in connections:
-            self._connections_seen.add(worker.hostname)
-            return replace(worker, connected=True)
-        if worker.hostname in self._connections_seen:
-            return replace(worker, connected=False)
-        return worker
 
     async def _read_queues(self) -> Mapping[str, int]:
         """Messages waiting per watched queue: base list plus priority sub-lists."""
-        client = self._queues_redis.client()
-        queues = sorted(self.watched)
-        lists = {queue: _LAYOUT.queue_lists(queue) for queue in queues}
-        async with client.pipeline(transaction=False) as pipe:
-            for queue in queues:
-                for name in lists[queue]:
-                    pipe.llen(name)
-            counts = iter(await pipe.execute())
-        lengths = {queue: sum(int(next(counts)) for _ in lists[queue]) for queue in queues}
-        return MappingProxyType(lengths)
+        waiting = await _LAYOUT.waiting(self._queues_redis.client(), sorted(self.watched))
+        return MappingProxyType({queue: sum(steps.values()) for queue, steps in waiting.items()})
 
     def _export(self, snapshot: WorkerSnapshot, now: float) -> None:
         metrics.set_broker_up(snapshot.broker_up)

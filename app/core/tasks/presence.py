@@ -20,10 +20,6 @@ app/core/tasks/recovery.py:
   unacked:holders          HASH  kombu delivery tag -> hostname of the worker holding it
   worker:{host}:evicted    STRING when recovery declared that worker dead (its fence)
 
-The heartbeat's connection is named heartbeat_client_name(host) (CLIENT SETNAME), so the
-monitor also sees in CLIENT LIST that a worker's connection closed: a SIGKILLed worker's kernel
-closes its sockets at once, long before its heartbeat goes stale.
-
 A worker's entries are removed by the worker itself on shutdown, and by any other worker's
 heartbeat once the liveness rule declares it dead (purge_dead), so a SIGKILLed pod never leaves
 phantom running tasks behind for the autoscaler to count.
@@ -32,13 +28,13 @@ phantom running tasks behind for the autoscaler to count.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING
 
 import redis
-from redis.exceptions import WatchError
+from redis.exceptions import RedisError, WatchError
 
 from app.core.tasks.store import KeyOp, Riders
 
@@ -174,44 +170,83 @@ class LivenessRule:
 # -- readers -------------------------------------------------------------------------------------
 
 
-def read_workers(client: redis.Redis, keys: WorkerKeys) -> list[WorkerInfo]:
-    """Every worker in the heartbeat ZSET, dead or alive (`tasklane status` shows both)."""
-    scored = client.zrange(keys.workers, 0, -1, withscores=True)
-    with client.pipeline(transaction=False) as pipe:
-        for hostname, _ in scored:
-            pipe.hgetall(keys.worker(hostname))
-        return _infos(scored, pipe.execute())
-
-
-async def aread_workers(client: aioredis.Redis, keys: WorkerKeys, since: float) -> list[WorkerInfo]:
-    """The workers whose last beat is at or after `since` (the monitor's tick: the dead are
-    not read)."""
+async def aread_workers(
+    client: aioredis.Redis, keys: WorkerKeys, since: float = float("-inf")
+) -> list[WorkerInfo]:
+    """The workers whose last beat is at or after `since`: the monitor's tick reads only the
+    live ones, `tasklane status` every one (it shows the dead too)."""
     scored = await client.zrangebyscore(keys.workers, since, "+inf", withscores=True)
     if not scored:
         return []
     async with client.pipeline(transaction=False) as pipe:
         for hostname, _ in scored:
             pipe.hgetall(keys.worker(hostname))
-        return _infos(scored, await pipe.execute())
-
-
-def _infos(scored: list[tuple[str, float]], hashes: list[dict[str, str]]) -> list[WorkerInfo]:
-    """Both readers' answer: the ZSET's (hostname, last beat) pairs with each worker's hash."""
+        hashes = await pipe.execute()
     return [
         WorkerInfo.from_hash(hostname, score, fields)
         for (hostname, score), fields in zip(scored, hashes, strict=True)
     ]
 
 
+async def active_counts(
+    client: aioredis.Redis, keys: WorkerKeys, queues: Sequence[str]
+) -> dict[str, int]:
+    """queue -> how many tasks workers are running from it (the size of active:{queue})."""
+    async with client.pipeline(transaction=False) as pipe:
+        for queue in queues:
+            pipe.zcard(keys.active(queue))
+        counts = await pipe.execute()
+    return {queue: int(count) for queue, count in zip(queues, counts, strict=True)}
+
+
+class HeartbeatConnections:
+    """Which live workers' heartbeat connections (heartbeat_client_name) are open, as CLIENT
+    LIST shows them on the monitor's tick: a SIGKILLed worker's kernel closes its sockets at
+    once, long before its beat goes stale, so a connection seen and now gone earns the rule's
+    short grace (`connected=False`). One never seen (a proxy, CLIENT LIST refused) proves
+    nothing, nor does a Redis restart, which closes them all: when the server's run_id changes,
+    the connections seen before are forgotten until each is seen again."""
+
+    def __init__(self) -> None:
+        self._seen: set[str] = set()
+        self._run_id: str | None = None
+
+    async def annotate(self, client: aioredis.Redis, workers: list[WorkerInfo]) -> list[WorkerInfo]:
+        """`workers` with `connected` set where CLIENT LIST tells."""
+        if not workers:
+            return workers
+        await self._check_server_run(client)
+        # Forget workers that left the ZSET (pods come and go under new names).
+        self._seen &= {worker.hostname for worker in workers}
+        try:
+            clients = await client.client_list(_type="normal")
+        except RedisError:
+            return workers  # ACLs or a proxy may refuse it: the heartbeat window alone decides
+        names = {entry.get("name", "") for entry in clients}
+        return [self._connected(worker, names) for worker in workers]
+
+    async def _check_server_run(self, client: aioredis.Redis) -> None:
+        try:
+            run_id = (await client.info("server")).get("run_id")
+        except RedisError:
+            return  # refused like CLIENT LIST: nothing to compare
+        if run_id != self._run_id and self._run_id is not None:
+            self._seen.clear()
+        self._run_id = run_id
+
+    def _connected(self, worker: WorkerInfo, names: set[str]) -> WorkerInfo:
+        if heartbeat_client_name(worker.hostname) in names:
+            self._seen.add(worker.hostname)
+            return replace(worker, connected=True)
+        if worker.hostname in self._seen:
+            return replace(worker, connected=False)
+        return worker
+
+
 def last_beat(client: redis.Redis, keys: WorkerKeys, hostname: str) -> float | None:
     """Unix time of `hostname`'s last heartbeat (None: it never beat, or was purged)."""
     score = client.zscore(keys.workers, hostname)
     return None if score is None else float(score)
-
-
-def active_ids(client: redis.Redis, keys: WorkerKeys, queues: Iterable[str]) -> dict[str, set[str]]:
-    """queue -> the task ids running from it (for tests)."""
-    return {queue: set(client.zrange(keys.active(queue), 0, -1)) for queue in queues}
 
 
 def attempt_running(
@@ -337,15 +372,6 @@ def _purge_one(client: redis.Redis, keys: WorkerKeys, hostname: str, cutoff: flo
 # -- writes: the tasks a worker runs (pool children) ---------------------------------------------
 
 
-def mark_active(
-    client: redis.Redis, keys: WorkerKeys, hostname: str, task_id: str, queue: str
-) -> None:
-    """`hostname` starts running task_id from `queue`."""
-    with client.pipeline(transaction=True) as pipe:
-        _queue(pipe, _active_ops(keys, hostname, task_id, queue))
-        pipe.execute()
-
-
 def mark_done(
     client: redis.Redis, keys: WorkerKeys, hostname: str, task_id: str, queue: str
 ) -> None:
@@ -365,9 +391,9 @@ async def mark_done_async(
 
 
 def attempt_riders(keys: WorkerKeys, hostname: str, task_id: str, queue: str) -> Riders:
-    """mark_active() and mark_done() as riders of the attempt's STARTED and final writes
+    """A running attempt's entries as riders of its STARTED and final writes
     (ResultStore.update): the entry exists before the record says STARTED, and goes with the
-    write that settles it."""
+    write that settles it (the same removal as mark_done())."""
     return Riders(
         before=_active_ops(keys, hostname, task_id, queue),
         after=_done_ops(keys, hostname, task_id, queue),

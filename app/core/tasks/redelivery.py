@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import json
 from bisect import bisect
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kombu.utils.json import dumps
+
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
 
 #: kombu's Redis transport keys and defaults (kombu.transport.redis.Channel).
 UNACKED, UNACKED_INDEX, BINDING_PREFIX = "unacked", "unacked_index", "_kombu.binding."
@@ -47,6 +50,19 @@ class BrokerLayout:
     def queue_lists(self, queue: str) -> list[str]:
         """Every list of `queue`, one per priority step (the base list holds the lowest)."""
         return [self.queue_list(queue, step) for step in self.priority_steps]
+
+    async def waiting(
+        self, client: aioredis.Redis, queues: Sequence[str]
+    ) -> dict[str, dict[int, int]]:
+        """Messages waiting in each queue, per priority step (one pipelined read)."""
+        async with client.pipeline(transaction=False) as pipe:
+            for queue in queues:
+                for name in self.queue_lists(queue):
+                    pipe.llen(name)
+            counts = iter(await pipe.execute())
+        return {
+            queue: {step: int(next(counts)) for step in self.priority_steps} for queue in queues
+        }
 
     def bound_queue(self, members: set[str], routing_key: str) -> str | None:
         """The queue a direct exchange's bindings (`_kombu.binding.{exchange}` members,

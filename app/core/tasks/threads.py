@@ -6,9 +6,9 @@ a long call, or a publish stuck on a black-holed broker, would hold a SIGTERM'd 
 period (after the task's record was already marked Interrupted). Nobody joins these threads.
 
 Why reuse them: starting a thread per call cost more than the call itself (a short sync body,
-bench (c); a publish, about four times the publish, profiled for issue 6). A thread that finishes
-a job takes the next waiting one, else parks for IDLE_SECONDS before it exits. A call that never
-returns simply keeps its thread; the next call gets another.
+bench (c); for a publish, about four times the publish). A thread that finishes a job takes the
+next waiting one, else parks for IDLE_SECONDS before it exits. A call that never returns simply
+keeps its thread; the next call gets another.
 
 The runner's sync bodies use an unbounded pool (its concurrency semaphore bounds how many run;
 the threads are separate from Starlette's, so tasks never starve request handlers).

@@ -191,7 +191,7 @@ class HybridExecutor(Executor):
         except BrokerUnavailable as exc:
             await self._publish_failed(record, route, exc, background_tasks)
             return
-        self._track(record, route)
+        self.deadline.track(record, route.countdown)  # on its way to Celery: rule 5
 
     async def dispatch_many(
         self, batch: Batch, *, background_tasks: BackgroundTasks | None = None
@@ -204,7 +204,7 @@ class HybridExecutor(Executor):
         for index, failure in zip(remote, published, strict=True):
             record, route = batch[index]
             if failure is None:
-                self._track(record, route)
+                self.deadline.track(record, route.countdown)
                 continue
             try:
                 await self._publish_failed(record, route, failure, background_tasks)
@@ -229,10 +229,6 @@ class HybridExecutor(Executor):
             await self.celery.cancel(task_id)
         else:
             await self.background.cancel(task_id)
-
-    def _track(self, record: TaskResult, route: Route) -> None:
-        """A message is on its way to Celery: watch its dispatch deadline (rule 5)."""
-        self.deadline.track(record, route.countdown)
 
     async def _publish_failed(
         self,

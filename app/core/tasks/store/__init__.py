@@ -59,6 +59,8 @@ NO_RIDERS = Riders()
 
 
 class ResultStore(Protocol):
+    """What every store does; both stores subclass it (and share create())."""
+
     kind: str
 
     #: The Redis URL a QueuePush given to create() lands on; None: this store cannot carry one.
@@ -72,7 +74,8 @@ class ResultStore(Protocol):
 
         Raises ValueError for a push given to a store that cannot carry messages.
         """
-        ...
+        [outcome] = await self.create_many([record], pushes=[push])
+        return outcome
 
     async def create_many(
         self,

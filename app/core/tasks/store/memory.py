@@ -28,7 +28,7 @@ from typing import Any
 from app.core.tasks.arguments import json_size
 from app.core.tasks.errors import StoreFull
 from app.core.tasks.models import FINISHED_STATUSES, Progress, TaskError, TaskResult, TaskStatus
-from app.core.tasks.store import NO_RIDERS, Mutation, QueuePush, Riders
+from app.core.tasks.store import NO_RIDERS, Mutation, QueuePush, ResultStore, Riders
 
 #: Default byte budget (TASKLANE_MEMORY_STORE_MAX_BYTES).
 DEFAULT_MAX_BYTES = 256 * 1_048_576
@@ -37,7 +37,7 @@ DEFAULT_MAX_BYTES = 256 * 1_048_576
 ROW_OVERHEAD = 1024
 
 
-class MemoryStore:
+class MemoryStore(ResultStore):
     kind = "memory"
     push_url: str | None = None
 
@@ -61,12 +61,6 @@ class MemoryStore:
         self._claims: dict[str, str] = {}
         self._runners: dict[str, float] = {}
         self._leases: dict[str, tuple[str, float]] = {}
-
-    async def create(
-        self, record: TaskResult, *, push: QueuePush | None = None
-    ) -> tuple[TaskResult, bool]:
-        [outcome] = await self.create_many([record], pushes=[push])
-        return outcome
 
     async def create_many(
         self,

@@ -24,7 +24,7 @@ from redis.exceptions import NoScriptError
 from app.core.redis_client import UNAVAILABLE_ERRORS, LoopLocalRedis, PoolLimits
 from app.core.tasks.errors import StoreUnavailable
 from app.core.tasks.models import TaskResult, TaskStatus
-from app.core.tasks.store import NO_RIDERS, KeyOp, Mutation, QueuePush, Riders
+from app.core.tasks.store import NO_RIDERS, KeyOp, Mutation, QueuePush, ResultStore, Riders
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
@@ -150,7 +150,7 @@ async def translate_unavailable(what: str) -> AsyncIterator[None]:
         raise StoreUnavailable(f"{what}: {type(exc).__name__}: {exc}") from exc
 
 
-class RedisStore:
+class RedisStore(ResultStore):
     kind = "redis"
 
     def __init__(
@@ -180,12 +180,6 @@ class RedisStore:
 
     def key(self, task_id: str) -> str:
         return f"{self.prefix}task:{task_id}"
-
-    async def create(
-        self, record: TaskResult, *, push: QueuePush | None = None
-    ) -> tuple[TaskResult, bool]:
-        [outcome] = await self.create_many([record], pushes=[push])
-        return outcome
 
     async def create_many(
         self,
