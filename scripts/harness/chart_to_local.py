@@ -36,6 +36,7 @@ from typing import Any
 
 import yaml
 
+from app.config import Settings
 from scripts.harness.dockerfile import DOCKERFILE, parse_dockerfile, stage_env
 from scripts.harness.processes import REPO_ROOT, free_port
 
@@ -129,6 +130,29 @@ def expand(text: str, env: Mapping[str, str]) -> str:
     return _REFERENCE.sub(replace, text)
 
 
+def rewrite_mounts(text: str, mounts: Mapping[str, Path]) -> str:
+    """Container paths under a mount (`/tmp/x`) -> the same path under its local folder.
+
+    One pass, longest mount first: a local folder (itself under /tmp) is never rewritten again.
+    """
+    if not mounts:
+        return text
+    paths = "|".join(re.escape(mount) for mount in sorted(mounts, key=len, reverse=True))
+    return re.sub(rf"(?<![\w.])({paths})(?=/|$)", lambda m: str(mounts[m[1]]), text)
+
+
+def settings_env_names() -> set[str]:
+    """Every environment variable app/config.py reads (to catch a variable nobody reads)."""
+    names: set[str] = set()
+    for field_name, info in Settings.model_fields.items():
+        names.add(f"TASKLANE_{field_name.upper()}")
+        alias = info.validation_alias
+        for choice in getattr(alias, "choices", ()):
+            if isinstance(choice, str):
+                names.add(choice.upper())
+    return names
+
+
 def referenced_names(text: str) -> set[str]:
     return {m.group(1) for m in _REFERENCE.finditer(text) if m.group(1)}
 
@@ -193,9 +217,7 @@ class Cluster:
             for port, local in ports.items():
                 text = re.sub(rf"\b{host}:{port}\b", f"127.0.0.1:{local}", text)
             text = re.sub(rf"(?<![\w.-]){host}(?![\w.-])", "127.0.0.1", text)
-        for mount in sorted(mounts, key=len, reverse=True):
-            text = re.sub(rf"(?<![\w.]){re.escape(mount)}(?=/|$)", str(mounts[mount]), text)
-        return text
+        return rewrite_mounts(text, mounts)
 
     # -- containers ----------------------------------------------------------------------------
 

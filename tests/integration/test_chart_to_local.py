@@ -24,13 +24,13 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.config import Settings
 from scripts.harness.chart_to_local import (
     Cluster,
     LocalContainer,
     find,
     referenced_names,
     render,
+    settings_env_names,
 )
 from scripts.harness.processes import clean_environment, wait_for_port
 
@@ -44,18 +44,6 @@ FINAL = {"SUCCESS", "FAILURE", "CANCELLED"}
 NON_SETTINGS_ENV = {
     "PROMETHEUS_MULTIPROC_DIR": "prometheus_client (multiprocess samples folder)",
 }
-
-
-def settings_env_names() -> set[str]:
-    """Every environment variable app/config.py reads."""
-    names: set[str] = set()
-    for field_name, info in Settings.model_fields.items():
-        names.add(f"TASKLANE_{field_name.upper()}")
-        alias = info.validation_alias
-        for choice in getattr(alias, "choices", ()):
-            if isinstance(choice, str):
-                names.add(choice.upper())
-    return names
 
 
 class LocalPods:
