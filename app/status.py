@@ -23,11 +23,8 @@ import redis
 
 from app.config import Settings
 from app.core.redis_client import redact
+from app.core.tasks.broker_layout import BROKER_LAYOUT
 from app.core.tasks.presence import LivenessRule, WorkerKeys, read_workers
-from app.core.tasks.redelivery import BrokerLayout
-
-#: Where kombu keeps each queue's messages: its base list and priority sub-lists.
-LAYOUT = BrokerLayout()
 
 
 class StatusUnavailable(Exception):
@@ -184,12 +181,11 @@ def _read_queues(
 ) -> list[QueueRow]:
     try:
         with queues_client.pipeline(transaction=False) as pipe:
-            for name in names:
-                for list_name in LAYOUT.queue_lists(name):
-                    pipe.llen(list_name)
-            counts = iter(pipe.execute())
+            BROKER_LAYOUT.count_lists(pipe, names)
+            backlog = BROKER_LAYOUT.backlog(names, pipe.execute())
         lengths: dict[str, dict[str, int] | None] = {
-            name: {str(step): int(next(counts)) for step in LAYOUT.priority_steps} for name in names
+            name: {str(step): count for step, count in steps.items()}
+            for name, steps in backlog.items()
         }
     except (redis.RedisError, OSError):  # the broker is another Redis, and it is down
         lengths = dict.fromkeys(names)

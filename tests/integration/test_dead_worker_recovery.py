@@ -22,11 +22,12 @@ from kombu import Connection, Exchange, Queue
 from prometheus_client import REGISTRY
 
 from app.config import Settings
+from app.core.tasks.broker_layout import BROKER_LAYOUT
 from app.core.tasks.models import TaskStatus
 from app.core.tasks.monitor import WorkerMonitor
 from app.core.tasks.presence import LivenessRule, WorkerKeys
 from app.core.tasks.recovery import Recovery
-from app.core.tasks.redelivery import UNACKED, BrokerLayout
+from app.core.tasks.redelivery import UNACKED
 from app.workers.celery_config import TasklaneCelery, create_celery_app
 from app.workers.transport import HOLDER_OPTION, HOLDERS_KEY_OPTION, TRANSPORT_PATH
 from scripts.harness.celery_processes import CeleryWorker
@@ -51,7 +52,7 @@ def monitor_for(
         redis_url,
         heartbeat_interval=heartbeat_interval,
         interval=interval,
-        recovery=BrokerLayout(),
+        recovery=BROKER_LAYOUT,
     )
 
 

@@ -55,6 +55,7 @@ from redis.exceptions import RedisError
 from app.core.kubernetes.state import pod_matcher, runs_in
 from app.core.redis_client import LoopLocalRedis
 from app.core.tasks import metrics
+from app.core.tasks.broker_layout import BROKER_LAYOUT, BrokerLayout
 from app.core.tasks.presence import (
     LivenessRule,
     WorkerInfo,
@@ -63,7 +64,6 @@ from app.core.tasks.presence import (
     heartbeat_client_name,
 )
 from app.core.tasks.recovery import Recovery
-from app.core.tasks.redelivery import BrokerLayout
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis as AsyncRedis
@@ -75,8 +75,6 @@ log = logging.getLogger("tasklane.monitor")
 #: What an unreachable, refusing or too slow Redis looks like to the monitor.
 UNREACHABLE: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
 _EMPTY: Mapping[str, int] = MappingProxyType({})
-#: Where kombu keeps each queue's messages: its base list and priority sub-lists.
-_LAYOUT = BrokerLayout()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -403,14 +401,10 @@ class WorkerMonitor:
         """Messages waiting per watched queue: base list plus priority sub-lists."""
         client = self._queues_redis.client()
         queues = sorted(self.watched)
-        lists = {queue: _LAYOUT.queue_lists(queue) for queue in queues}
         async with client.pipeline(transaction=False) as pipe:
-            for queue in queues:
-                for name in lists[queue]:
-                    pipe.llen(name)
-            counts = iter(await pipe.execute())
-        lengths = {queue: sum(int(next(counts)) for _ in lists[queue]) for queue in queues}
-        return MappingProxyType(lengths)
+            BROKER_LAYOUT.count_lists(pipe, queues)
+            backlog = BROKER_LAYOUT.backlog(queues, await pipe.execute())
+        return MappingProxyType({queue: sum(steps.values()) for queue, steps in backlog.items()})
 
     def _export(self, snapshot: WorkerSnapshot, now: float) -> None:
         metrics.set_broker_up(snapshot.broker_up)
