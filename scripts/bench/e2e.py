@@ -22,6 +22,7 @@ import time
 
 import redis
 
+from app.core.tasks.broker_layout import BROKER_LAYOUT
 from app.core.tasks.manager import TaskManager
 from app.wiring import build_task_manager
 from scripts.bench.common import (
@@ -75,9 +76,10 @@ async def _wait_drained(client: redis.Redis, limit: float) -> float:
     seen_empty: float | None = None
     while time.monotonic() < deadline:
         with client.pipeline(transaction=False) as pipe:
-            pipe.llen(LIGHT_QUEUE)
             pipe.hlen(UNACKED)
-            waiting, unacked = pipe.execute()
+            BROKER_LAYOUT.count_lists(pipe, [LIGHT_QUEUE])
+            unacked, *lists = pipe.execute()
+        waiting = sum(BROKER_LAYOUT.backlog([LIGHT_QUEUE], lists)[LIGHT_QUEUE].values())
         now = time.perf_counter()
         if waiting == 0 and unacked == 0:
             if seen_empty is not None:
