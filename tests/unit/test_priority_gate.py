@@ -16,6 +16,17 @@ async def _holder(gate: PriorityGate, priority: int, label: str, order: list[str
         await asyncio.sleep(0)
 
 
+async def _taken_gate_with_waiters(
+    *priorities: int,
+) -> tuple[PriorityGate, list[asyncio.Task[None]]]:
+    """A one-slot gate whose slot is held, and one waiter per priority, queued in order."""
+    gate = PriorityGate(1)
+    await gate.acquire(4)
+    waiters = [asyncio.create_task(gate.acquire(priority)) for priority in priorities]
+    await asyncio.sleep(0)
+    return gate, waiters
+
+
 @pytest.mark.asyncio
 async def test_waiters_enter_by_priority_then_by_arrival() -> None:
     gate = PriorityGate(1)
@@ -48,11 +59,7 @@ async def test_free_slots_are_taken_at_once_up_to_the_limit() -> None:
 
 @pytest.mark.asyncio
 async def test_a_cancelled_waiter_is_skipped_and_the_slot_goes_on() -> None:
-    gate = PriorityGate(1)
-    await gate.acquire(4)
-    dropped = asyncio.create_task(gate.acquire(0))
-    kept = asyncio.create_task(gate.acquire(9))
-    await asyncio.sleep(0)
+    gate, (dropped, kept) = await _taken_gate_with_waiters(0, 9)
     dropped.cancel()
     await asyncio.sleep(0)
     assert gate.waiting == 1
@@ -65,11 +72,7 @@ async def test_a_cancelled_waiter_is_skipped_and_the_slot_goes_on() -> None:
 
 @pytest.mark.asyncio
 async def test_a_waiter_cancelled_after_its_slot_was_granted_passes_it_on() -> None:
-    gate = PriorityGate(1)
-    await gate.acquire(4)
-    first = asyncio.create_task(gate.acquire(0))
-    second = asyncio.create_task(gate.acquire(1))
-    await asyncio.sleep(0)
+    gate, (first, second) = await _taken_gate_with_waiters(0, 1)
     gate.release()  # grants `first` ...
     first.cancel()  # ... which is cancelled before it resumes
     await asyncio.wait_for(second, 1)
