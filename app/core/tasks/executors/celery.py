@@ -67,7 +67,7 @@ class CeleryExecutor(Executor):
     supports_cancel_running = True
     supports_retry = True
     supports_delay = True
-    # kombu's Redis priority lists (sub-lists Q:3, Q:6, Q:9; app.core.tasks.broker_lists).
+    # kombu's Redis priority lists (sub-lists Q:3, Q:6, Q:9; app.core.tasks.broker_layout).
     supports_priority = True
     durable = True
 
