@@ -10,8 +10,8 @@ A round first publishes N tasks to a staging queue no worker reads (tasklane thr
 TaskManager.submit, whose light queue is set to that queue; raw through send_task), then RENAMEs
 its lists (base and priority sub-lists) onto the worker queue's in one transaction: the clock
 runs from there, so publishing (benchmark (a)) does not compete with the worker for these 2
-CPUs. It stops when the broker holds none of them: queue lists empty and kombu's `unacked` hash empty (with late acks a message leaves it only once
-its task returned). That end condition is the same for both sides and needs no result backend;
+CPUs. It stops when the broker holds none of them: queue lists empty and kombu's `unacked` hash
+empty (with late acks a message leaves it only once its task returned). That end condition is the same for both sides and needs no result backend;
 tasklane's records are then checked to be SUCCESS.
 """
 
