@@ -11,8 +11,9 @@ TaskManager.submit, whose light queue is set to that queue; raw through send_tas
 its lists (base and priority sub-lists) onto the worker queue's in one transaction: the clock
 runs from there, so publishing (benchmark (a)) does not compete with the worker for these 2
 CPUs. It stops when the broker holds none of them: queue lists empty and kombu's `unacked` hash
-empty (with late acks a message leaves it only once its task returned). That end condition is the same for both sides and needs no result backend;
-tasklane's records are then checked to be SUCCESS.
+empty (with late acks a message leaves it only once its task returned). That end condition is
+the same for both sides and needs no result backend; tasklane's records are then checked to be
+SUCCESS.
 """
 
 from __future__ import annotations
