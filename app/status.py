@@ -24,6 +24,7 @@ import redis.asyncio as aioredis
 
 from app.config import Settings
 from app.core.redis_client import redact
+from app.core.tasks.broker_layout import BROKER_LAYOUT
 from app.core.tasks.presence import (
     LivenessRule,
     WorkerInfo,
@@ -31,10 +32,6 @@ from app.core.tasks.presence import (
     active_counts,
     aread_workers,
 )
-from app.core.tasks.redelivery import BrokerLayout
-
-#: Where kombu keeps each queue's messages: its base list and priority sub-lists.
-LAYOUT = BrokerLayout()
 
 
 class StatusUnavailable(Exception):
@@ -181,7 +178,9 @@ async def _read_queues(
     workers: Sequence[WorkerRow],
 ) -> list[QueueRow]:
     try:
-        waiting: dict[str, dict[int, int]] | None = await LAYOUT.waiting(queues_client, names)
+        waiting: dict[str, dict[int, int]] | None = await BROKER_LAYOUT.read_backlog(
+            queues_client, names
+        )
     except (redis.RedisError, OSError):  # the broker is another Redis, and it is down
         waiting = None
     active = await active_counts(client, keys, names)

@@ -9,7 +9,14 @@ from fastapi import Path
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from app.core.tasks import TaskStatus
-from app.core.tasks.models import ID_MAX_LENGTH, ID_PATTERN, ID_RULE, is_clean_id
+from app.core.tasks.models import (
+    ID_MAX_LENGTH,
+    ID_PATTERN,
+    ID_RULE,
+    PRIORITY_FIRST,
+    PRIORITY_LAST,
+    is_clean_id,
+)
 
 
 def _clean_id(value: str) -> str:
@@ -45,6 +52,14 @@ class SubmitRequest(BaseModel):
     task_id: TaskId | None = Field(default=None, description="Caller-chosen id (idempotent)")
     # strict: "5" or `true` is a client bug, not a delay (an int like 5 is still fine).
     countdown: float | None = Field(default=None, ge=0, le=86_400, allow_inf_nan=False, strict=True)
+    priority: int | None = Field(
+        default=None,
+        ge=PRIORITY_FIRST,
+        le=PRIORITY_LAST,
+        strict=True,
+        description="0 starts first .. 9 starts last (Celery's meaning on Redis); "
+        "default: the task's own (@task(priority=...), else 4)",
+    )
 
 
 class SubmitResponse(BaseModel):
@@ -101,6 +116,7 @@ class TaskRecord(BaseModel):
     finished_at: Timestamp | None = None
     worker: str | None = None
     cancel_requested: bool = False
+    priority: int | None = Field(default=None, description="0 starts first .. 9 starts last")
 
 
 class TaskList(BaseModel):
@@ -125,6 +141,7 @@ class TaskInfo(BaseModel):
     retries: int
     timeout: float | None
     idempotent: bool
+    priority: int = Field(description="Priority of a submit that names none (0 starts first)")
 
 
 class ExecutorsResponse(BaseModel):

@@ -80,7 +80,7 @@ async def submit_task(
 
     404 for an unknown name, 422 when the arguments do not fit the task's signature.
     """
-    options = SubmitOptions(task_id=body.task_id, countdown=body.countdown)
+    options = SubmitOptions(task_id=body.task_id, countdown=body.countdown, priority=body.priority)
     task_id = await _submit(
         manager, body.name, body.args, body.kwargs, background_tasks, options=options
     )
@@ -139,6 +139,7 @@ async def describe_executors(request: Request, manager: Manager) -> ExecutorsRes
                 retries=spec.retries,
                 timeout=spec.timeout,
                 idempotent=spec.idempotent,
+                priority=spec.priority,
             )
             for spec in manager.registry
         ],

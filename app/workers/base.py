@@ -135,10 +135,14 @@ class TasklaneTask(Task):
                 "broker; submit through app.core.tasks.get_task_manager() instead"
             )
         created = False
+        # The spec's priority, as a submit would give it (a retry keeps its message's).
+        priority = options.setdefault("priority", self.spec.priority)
         # self.retry() republishes under the running task's own id: its record exists.
         if task_id is None or task_id != self.request.id:
             task_id = task_id or str(uuid.uuid4())
-            created = self._record(task_id, args or (), kwargs or {}, options.get("queue"))
+            created = self._record(
+                task_id, args or (), kwargs or {}, options.get("queue"), priority
+            )
         # Every publish of this task, retries included: Celery logs these reprs on receipt.
         options.update(redacted_reprs(self.app, self.spec.redaction, args or (), kwargs or {}))
         try:
@@ -157,7 +161,7 @@ class TasklaneTask(Task):
                 self._unpublished(task_id, exc)
             raise
 
-    def _record(self, task_id: str, args: Any, kwargs: Any, queue: Any) -> bool:
+    def _record(self, task_id: str, args: Any, kwargs: Any, queue: Any, priority: int) -> bool:
         json_args, json_kwargs = normalise_arguments(self.spec, args, kwargs)
         rt = get_runtime()
         if rt.store.kind == "memory" or rt.on_loop_thread():
@@ -165,7 +169,7 @@ class TasklaneTask(Task):
             # cannot block on itself): the worker records it when the message arrives.
             return False
         queue_name = getattr(queue, "name", queue) or rt.queues.queue_for(self.spec)
-        record = new_record(self.spec, task_id, queue_name, json_args, json_kwargs)
+        record = new_record(self.spec, task_id, queue_name, json_args, json_kwargs, priority)
         stored, created = rt.run(rt.store.create(record))
         if created:
             rt.hooks.after_submit(stored)
@@ -190,6 +194,7 @@ class TasklaneTask(Task):
             hostname=request.hostname or WORKER_NAME,
             args=list(args),
             kwargs=dict(kwargs),
+            priority=(request.delivery_info or {}).get("priority"),
         )
         try:
             outcome = deliver(delivery, rt)

@@ -16,7 +16,8 @@ from celery import Celery
 from kombu import Exchange, Queue
 
 from app.config import Settings
-from app.core.tasks.models import TaskSpec
+from app.core.tasks.broker_layout import BROKER_LAYOUT
+from app.core.tasks.models import DEFAULT_PRIORITY, TaskSpec
 from app.core.tasks.queues import QueueRouting
 from app.core.tasks.registry import TaskRegistry
 from app.core.tasks.registry import registry as default_registry
@@ -88,8 +89,12 @@ def beat_schedule(
 
 
 def transport_options(settings: Settings, registry: TaskRegistry = default_registry) -> dict:
+    """kombu's Redis transport options, the same for the api's publisher and the workers: the
+    priority lists of BROKER_LAYOUT (Q, Q:3, Q:6, Q:9), the visibility timeout and the
+    socket and restore timings."""
     visibility = visibility_timeout(settings, registry)
     return {
+        **BROKER_LAYOUT.transport_options(),
         "visibility_timeout": visibility,
         "socket_connect_timeout": settings.publish_timeout,
         # Sync commands (publish, ack) on a half-open connection fail within this; BRPOP
@@ -144,6 +149,10 @@ def create_celery_app(
         worker_prefetch_multiplier=1,
         task_queues=tuple(_queue(name) for name in (light, heavy)),
         task_default_queue=light,
+        # Celery tasks that are not registry tasks (Celery's own, a task bound by hand) publish
+        # at the middle level a submit without a priority gets, not at kombu's 0 (ahead of
+        # everything). Registry tasks' .delay() use their spec's (TasklaneTask.apply_async).
+        task_default_priority=DEFAULT_PRIORITY,
         task_routes=task_routes(settings, registry),
         beat_schedule=beat_schedule(settings, registry=registry),
         # Tasks keep running when the broker connection drops: their records are guarded, and

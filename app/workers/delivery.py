@@ -62,10 +62,17 @@ class Delivery:
     hostname: str
     args: list[Any]
     kwargs: dict[str, Any]
+    #: The message's priority (delivery_info), for a record the worker has to write itself.
+    priority: int | None = None
 
 
 def new_record(
-    spec: TaskSpec, task_id: str, queue: str, args: list[Any], kwargs: dict[str, Any]
+    spec: TaskSpec,
+    task_id: str,
+    queue: str,
+    args: list[Any],
+    kwargs: dict[str, Any],
+    priority: int | None = None,
 ) -> TaskResult:
     """A PENDING record for a task Celery (not the TaskManager) is about to run."""
     return TaskResult(
@@ -77,6 +84,7 @@ def new_record(
         args=args,
         kwargs=kwargs,
         submitted_at=utcnow(),
+        priority=priority,
     )
 
 
@@ -174,7 +182,9 @@ async def _ensure_record(delivery: Delivery, store: ResultStore, hooks: TaskHook
     except InvalidTaskArgs as exc:
         # Recorded, then failed: the caller learns why through the status endpoint.
         args, kwargs, problem = [], {}, exc
-    fresh = new_record(delivery.spec, delivery.task_id, delivery.queue, args, kwargs)
+    fresh = new_record(
+        delivery.spec, delivery.task_id, delivery.queue, args, kwargs, delivery.priority
+    )
     stored, created = await store.create(fresh)
     if created:
         hooks.on_transition(stored, None)

@@ -6,13 +6,14 @@ same by construction; the sides differ only in the task: `bench_noop` (tasklane:
 STARTED with the active-set entry, body, SUCCESS with its removal) vs `bench_raw_noop` (a plain
 Celery task).
 
-A round first publishes N tasks to a staging list no worker reads (tasklane through
-TaskManager.submit, whose light queue is set to that list; raw through send_task), then RENAMEs
-it onto the worker's queue in one step: the clock runs from there, so publishing (benchmark (a))
-does not compete with the worker for these 2 CPUs. It stops when the broker holds none of them:
-queue list empty and kombu's `unacked` hash empty (with late acks a message leaves it only once
-its task returned). That end condition is the same for both sides and needs no result backend;
-tasklane's records are then checked to be SUCCESS.
+A round first publishes N tasks to a staging queue no worker reads (tasklane through
+TaskManager.submit, whose light queue is set to that queue; raw through send_task), then RENAMEs
+its lists (base and priority sub-lists) onto the worker queue's in one transaction: the clock
+runs from there, so publishing (benchmark (a)) does not compete with the worker for these 2
+CPUs. It stops when the broker holds none of them: queue lists empty and kombu's `unacked` hash
+empty (with late acks a message leaves it only once its task returned). That end condition is
+the same for both sides and needs no result backend; tasklane's records are then checked to be
+SUCCESS.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import time
 
 import redis
 
+from app.core.tasks.broker_layout import BROKER_LAYOUT
 from app.core.tasks.manager import TaskManager
 from app.wiring import build_task_manager
 from scripts.bench.common import (
@@ -68,6 +70,19 @@ async def run(profile: Profile, workspace: Workspace) -> list[Result]:
             await manager.stop(grace=0)
 
 
+def _hand_over(client: redis.Redis) -> None:
+    """RENAME the staged lists onto the worker's queue in one transaction: each priority list
+    onto its counterpart (tasks without a priority wait in the middle level's sub-list)."""
+    lists = zip(
+        BROKER_LAYOUT.queue_lists(STAGING), BROKER_LAYOUT.queue_lists(LIGHT_QUEUE), strict=True
+    )
+    with client.pipeline(transaction=True) as pipe:
+        for staged, live in lists:
+            if client.exists(staged):
+                pipe.rename(staged, live)
+        pipe.execute()
+
+
 async def _wait_drained(client: redis.Redis, limit: float) -> float:
     """perf_counter() when the broker first held no message of ours, seen twice in a row (a
     message is briefly in neither place between the worker's BRPOP and its unacked write)."""
@@ -75,9 +90,10 @@ async def _wait_drained(client: redis.Redis, limit: float) -> float:
     seen_empty: float | None = None
     while time.monotonic() < deadline:
         with client.pipeline(transaction=False) as pipe:
-            pipe.llen(LIGHT_QUEUE)
             pipe.hlen(UNACKED)
-            waiting, unacked = pipe.execute()
+            BROKER_LAYOUT.count_lists(pipe, [LIGHT_QUEUE])
+            unacked, *lists = pipe.execute()
+        waiting = sum(BROKER_LAYOUT.backlog([LIGHT_QUEUE], lists)[LIGHT_QUEUE].values())
         now = time.perf_counter()
         if waiting == 0 and unacked == 0:
             if seen_empty is not None:
@@ -97,7 +113,7 @@ async def _throughput(profile: Profile, manager: TaskManager, client: redis.Redi
     async def release() -> float:
         """Hand the staged messages to the worker; returns the rate at which it ran them."""
         began = time.perf_counter()
-        client.rename(STAGING, LIGHT_QUEUE)
+        _hand_over(client)
         return n / (await _wait_drained(client, limit) - began)
 
     async def baseline() -> float:
@@ -115,7 +131,7 @@ async def _throughput(profile: Profile, manager: TaskManager, client: redis.Redi
     for i in range(20):
         app.send_task("bench_raw_noop", args=[i], queue=STAGING)
         await manager.submit("bench_noop", i)
-    client.rename(STAGING, LIGHT_QUEUE)
+    _hand_over(client)
     await _wait_drained(client, limit)
     log(f"(c) end-to-end: {profile.rounds} round(s) of {n} tasks each side")
     base, ours = await alternate(profile.rounds, baseline, tasklane)

@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.config import Settings
+from app.core.tasks.broker_layout import BROKER_LAYOUT
 from app.main import create_app
 from scripts.harness.celery_processes import SAMPLE_TASK_MODULES, CeleryWorker
 
@@ -30,7 +31,11 @@ def make_celery(broker_url: str) -> Celery:
         task_serializer="json",
         accept_content=["json"],
         broker_connection_timeout=1,
-        broker_transport_options={"socket_connect_timeout": 1, "socket_timeout": 1},
+        broker_transport_options={
+            **BROKER_LAYOUT.transport_options(),
+            "socket_connect_timeout": 1,
+            "socket_timeout": 1,
+        },
     )
     return app
 

@@ -8,6 +8,9 @@ from typing import Any
 
 import pytest
 
+from app.config import Settings
+from app.core.tasks.broker_layout import BROKER_LAYOUT, BrokerLayout
+from app.workers.celery_config import transport_options
 from tests.chart.helpers import (
     KEDA_API,
     SCALED,
@@ -45,17 +48,38 @@ def test_scales_the_worker_deployment_reading_env_from_its_container() -> None:
 
 
 @pytest.mark.parametrize("queues", [["heavy", "light"], ["heavy"], ["video", "bulk-mail", "light"]])
-def test_two_redis_triggers_per_consumed_queue(queues: list[str]) -> None:
-    """queued_Q reads the Celery list Q; active_Q the ZSET of tasks running from Q (KEDA's
-    redis scaler counts a ZSET with ZCARD), so busy workers are not scaled away."""
+def test_redis_triggers_per_consumed_queue_count_every_priority_list(queues: list[str]) -> None:
+    """queued_Q (and queued_Q_p3/p6/p9) read the Celery list Q and kombu's priority sub-lists;
+    active_Q the ZSET of tasks running from Q (KEDA's redis scaler counts a ZSET with ZCARD),
+    so busy workers are not scaled away."""
     triggers = _scaled_object(_render(queues=queues))["spec"]["triggers"]
     by_name = {t["name"]: t for t in triggers}
-    assert len(by_name) == len(triggers) == 2 * len(queues)
+    assert len(by_name) == len(triggers) == 5 * len(queues)
     for queue in queues:
         ident = queue.replace("-", "_")
-        assert by_name[f"queued_{ident}"]["metadata"]["listName"] == queue
+        queued = [by_name[f"queued_{ident}{suffix}"] for suffix in ("", "_p3", "_p6", "_p9")]
+        assert [t["metadata"]["listName"] for t in queued] == [
+            queue,
+            f"{queue}:3",
+            f"{queue}:6",
+            f"{queue}:9",
+        ]
         assert by_name[f"active_{ident}"]["metadata"]["listName"] == f"tasklane:active:{queue}"
     assert {t["type"] for t in triggers} == {"redis"}
+
+
+@pytest.mark.parametrize("queue", ["heavy", "bulk-mail"])
+def test_the_watched_lists_are_the_ones_the_app_publishes_to(queue: str) -> None:
+    """One layout: the chart's `tasklane.queueLists` names every list kombu uses for the queue
+    with the app's broker_transport_options (sep and priority steps)."""
+    settings = Settings(celery_broker_url="redis://r:6379/0", redis_url="redis://r:6379/0")
+    options = transport_options(settings)
+    layout = BrokerLayout.from_transport_options(options)
+    triggers = _scaled_object(_render(queues=[queue]))["spec"]["triggers"]
+    watched = [t["metadata"]["listName"] for t in triggers if t["name"].startswith("queued_")]
+    assert layout == BROKER_LAYOUT
+    assert watched == layout.queue_lists(queue)
+    assert sorted({layout.queue_list(queue, priority) for priority in range(10)}) == sorted(watched)
 
 
 def test_formula_sums_every_trigger() -> None:

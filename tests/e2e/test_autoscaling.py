@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from scripts.harness.autoscaling.autoscaler import Autoscaler
 from scripts.harness.autoscaling.harness import TASK, RenderedAutoscaling, ScenarioResult
 from scripts.harness.autoscaling.report import CSV_COLUMNS
 from scripts.harness.autoscaling.scenarios import QUICK, Burst, Scenario
@@ -230,3 +231,35 @@ def test_every_autoscaling_number_comes_from_the_render(tmp_path: Path) -> None:
     assert by_name["active_video"].list_name == "other:active:video"
     assert {(t.host, t.port, t.database) for t in rendered.triggers} == {("127.0.0.1", 6390, 4)}
     assert spec.formula.names == set(by_name)
+
+
+def test_a_backlog_only_in_priority_sub_lists_scales_the_pool_out(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """Tasks submitted with priorities 3-9 wait in kombu's sub-lists (Q:3, Q:6, Q:9), never in
+    the base list: the chart's ScaledObject still counts them, and KEDA's rules take the pool
+    from zero to as many workers as the backlog asks for."""
+    values = QUICK.chart_values(redis_url)
+    rendered = RenderedAutoscaling.from_objects(render(values, workdir=tmp_path), tmp_path)
+    (queue,) = {"heavy"} & set(rendered.queues)
+    priorities = [3, 5, 6, 8, 9, 9, 4, 7]
+    with api(redis_url, scale_from_zero=True, log_level="WARNING") as client:
+        for priority in priorities:
+            body = {"name": TASK, "args": ["sub-lists", 1.0], "priority": priority}
+            response = client.post("/api/tasks", json=body)
+            assert response.status_code == 202, response.text
+            record = client.get(f"/api/tasks/{response.json()['task_id']}/status").json()
+            assert (record["executor"], record["priority"]) == ("celery", priority)
+    broker = redis.Redis.from_url(redis_url)
+    assert broker.llen(queue) == 0  # nothing in the base list
+    assert sum(broker.llen(f"{queue}:{step}") for step in (3, 6, 9)) == len(priorities)
+    broker.close()
+
+    with TriggerReader(rendered.triggers) as reader:
+        triggers = reader.read()
+    decision = Autoscaler(rendered.spec).step(0.0, triggers, 0)
+
+    assert sum(triggers.values()) == len(priorities)
+    wanted = -(-len(priorities) // rendered.concurrency)  # ceil: 8 tasks, 2 per worker
+    assert decision.active
+    assert decision.replicas == min(rendered.spec.max_replicas, wanted) > 1

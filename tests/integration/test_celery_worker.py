@@ -27,7 +27,7 @@ from fastapi.testclient import TestClient
 
 from app.config import Settings
 from app.core.tasks import presence
-from app.core.tasks.models import TaskStatus
+from app.core.tasks.models import DEFAULT_PRIORITY, TaskStatus
 from app.core.tasks.presence import WorkerInfo, WorkerKeys
 from app.main import create_app
 from app.workers.celery_config import TasklaneCelery, create_celery_app
@@ -93,10 +93,11 @@ def test_legacy_delay_records_the_task_and_the_status_endpoint_serves_it(
 
     recorded = records.get(task_id)  # written before publishing: never an unknown id
     assert recorded is not None
-    assert (recorded.name, recorded.executor, recorded.queue) == (
+    assert (recorded.name, recorded.executor, recorded.queue, recorded.priority) == (
         "process_speak_audio",
         "celery",
         "heavy",
+        DEFAULT_PRIORITY,  # no priority given: the task's, as a submit would have it
     )
     [done] = records.wait([task_id], FINISHED, worker)
     assert done.status is TaskStatus.SUCCESS, done.error

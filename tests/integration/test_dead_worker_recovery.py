@@ -22,11 +22,12 @@ from kombu import Connection, Exchange, Queue
 from prometheus_client import REGISTRY
 
 from app.config import Settings
+from app.core.tasks.broker_layout import BROKER_LAYOUT
 from app.core.tasks.models import TaskStatus
 from app.core.tasks.monitor import WorkerMonitor
 from app.core.tasks.presence import LivenessRule, WorkerKeys
 from app.core.tasks.recovery import Recovery
-from app.core.tasks.redelivery import UNACKED, BrokerLayout
+from app.core.tasks.redelivery import UNACKED
 from app.workers.celery_config import TasklaneCelery, create_celery_app
 from app.workers.transport import HOLDER_OPTION, HOLDERS_KEY_OPTION, TRANSPORT_PATH
 from scripts.harness.celery_processes import CeleryWorker
@@ -51,7 +52,7 @@ def monitor_for(
         redis_url,
         heartbeat_interval=heartbeat_interval,
         interval=interval,
-        recovery=BrokerLayout(),
+        recovery=BROKER_LAYOUT,
     )
 
 
@@ -113,7 +114,7 @@ def test_two_monitors_racing_restore_each_message_of_a_killed_worker_once(
         wait_until(lambda: client.exists(*running) == 2, 20, "two bodies running")
         assert set(holders(client).values()) == {doomed.hostname}
         held = set(holders(client))
-        assert client.llen("heavy") == 1
+        assert BROKER_LAYOUT.waiting(client, "heavy") == 1
         doomed.kill()
 
     async def race() -> list[dict[str, int]]:
@@ -132,7 +133,11 @@ def test_two_monitors_racing_restore_each_message_of_a_killed_worker_once(
 
     assert sum(result.get(doomed.hostname, 0) for result in results) == 2, results
     assert recovered() - before == 2
-    queued = [json.loads(raw) for raw in client.lrange("heavy", 0, -1)]
+    queued = [
+        json.loads(raw)
+        for name in BROKER_LAYOUT.queue_lists("heavy")
+        for raw in client.lrange(name, 0, -1)
+    ]
     assert len(queued) == 3  # the two restored plus the one never taken: none twice
     assert sorted(m["headers"]["id"] for m in queued) == sorted(r.task_id for r in tasks)
     restored = [m for m in queued if m["properties"]["delivery_tag"] in held]
@@ -179,7 +184,9 @@ def test_with_no_api_a_live_workers_heartbeat_restores_a_dead_peers_messages(
             wait_until(lambda: len(holders(client)) == 2, 20, "both messages held")
             doomed.kill()
         # The survivor consumes only `light`: the restored messages wait in `heavy`.
-        wait_until(lambda: client.llen("heavy") == 2, 20, "restored by the survivor")
+        wait_until(
+            lambda: BROKER_LAYOUT.waiting(client, "heavy") == 2, 20, "restored by the survivor"
+        )
         assert holders(client) == {}
         assert client.hlen(UNACKED) == 0
         # Its log says so (one sweep or two; the line may follow the push by a moment).
@@ -233,7 +240,7 @@ def test_a_live_workers_messages_are_never_restored(
         deadline = time.monotonic() + 3.5 * HEARTBEAT
         while time.monotonic() < deadline:
             assert holders(client) == held
-            assert client.llen("heavy") == 0
+            assert BROKER_LAYOUT.waiting(client, "heavy") == 0
             time.sleep(0.1)
         assert worker.alive()
         finished = records.wait([r.task_id for r in tasks], FINISHED, worker, timeout=20)
@@ -445,6 +452,7 @@ def test_a_worker_in_warm_shutdown_is_not_taken_for_dead_while_its_tasks_finish(
             assert done.status is TaskStatus.SUCCESS, done
             assert done.worker == draining.hostname
             assert client.get(f"drain:runs:{record.task_id}") == "1"
-        assert client.llen("heavy") == 0  # nothing restored for the peer (which skips heavy)
+        # Nothing restored for the peer (which skips heavy).
+        assert BROKER_LAYOUT.waiting(client, "heavy") == 0
         assert holders(client) == {}
         assert client.zscore(KEYS.workers, draining.hostname) is None  # gone once it exited

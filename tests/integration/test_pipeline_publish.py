@@ -18,6 +18,7 @@ import redis
 
 from app.config import Settings
 from app.core.tasks import TaskCall, TaskManager, TaskResult, TaskStatus
+from app.core.tasks.broker_layout import BROKER_LAYOUT
 from app.core.tasks.models import SubmitOptions
 from app.wiring import build_task_manager
 from scripts.harness.celery_processes import SAMPLE_TASK_MODULES, CeleryWorker
@@ -95,7 +96,7 @@ def test_tasks_sent_with_their_records_run_on_the_worker(
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     try:
         assert client.get(f"{key}:effects") == "1"  # the exact string reached the body
-        assert client.llen("light") == client.llen("heavy") == 0
+        assert BROKER_LAYOUT.waiting(client, "light") == BROKER_LAYOUT.waiting(client, "heavy") == 0
     finally:
         client.close()
 
@@ -139,6 +140,6 @@ def test_an_idempotent_resubmit_sends_nothing_that_could_run_twice(
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     try:
         assert client.get(f"{key}:runs:{same.task_id}") == "1"
-        assert client.llen("heavy") == 0
+        assert BROKER_LAYOUT.waiting(client, "heavy") == 0
     finally:
         client.close()

@@ -20,6 +20,7 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
+from app.core.tasks.broker_layout import BROKER_LAYOUT
 from app.core.tasks.presence import WorkerKeys
 from scripts.harness.celery_processes import CeleryWorker
 from scripts.harness.processes import RedisServer
@@ -133,7 +134,7 @@ def test_broker_down_with_records_elsewhere_runs_heavy_tasks_locally(redis_url: 
         with outage_api(redis_url, broker_url=broker.url) as client:
             wait_for(lambda: route_now(client, HEAVY) == "celery", 5, "heavy routed to celery")
             queued = post_task(client, HEAVY, key, 0).json()["task_id"]
-            assert broker.client().llen("heavy") == 1
+            assert BROKER_LAYOUT.waiting(broker.client(), "heavy") == 1
             assert client.get(f"/api/tasks/{queued}/status").json()["executor"] == "celery"
 
             broker.stop()
@@ -162,7 +163,8 @@ def test_broker_down_with_records_elsewhere_runs_heavy_tasks_locally(redis_url: 
             assert route_now(client, HEAVY) == "celery"
             again = post_task(client, HEAVY, key, 0).json()["task_id"]
             assert client.get(f"/api/tasks/{again}/status").json()["executor"] == "celery"
-            assert broker.client().llen("heavy") == 1  # a restarted, empty broker got it
+            # A restarted, empty broker got it.
+            assert BROKER_LAYOUT.waiting(broker.client(), "heavy") == 1
     finally:
         store.close()
         broker.cleanup()

@@ -33,6 +33,7 @@ import pytest
 from kombu.exceptions import OperationalError
 
 from app.config import Settings
+from app.core.tasks.broker_layout import BROKER_LAYOUT
 from app.workers.celery_config import create_celery_app
 from scripts.harness.celery_processes import CeleryWorker
 from scripts.harness.processes import RedisServer
@@ -191,7 +192,7 @@ def test_busy_workers_survive_three_redis_restarts_and_every_task_ends_once(
             lambda: (
                 time.monotonic() - last_restart > VISIBILITY + 3
                 and redis.hlen("unacked") == 0
-                and redis.llen("heavy") == 0
+                and BROKER_LAYOUT.waiting(redis, "heavy") == 0
             ),
             45,
             "no message left unacknowledged or queued",

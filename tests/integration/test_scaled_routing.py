@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from app.core.tasks.broker_layout import BROKER_LAYOUT
 from scripts.harness.scaled_api import (
     api,
     metric,
@@ -103,7 +104,7 @@ def test_scale_from_zero_keeps_heavy_tasks_queued_until_a_worker_comes(
 
         queued = [status(client, task_id) for task_id in ids]
         assert {(r["status"], r["executor"]) for r in queued} == {("PENDING", "celery")}
-        assert broker.llen("heavy") == 3
+        assert BROKER_LAYOUT.waiting(broker, "heavy") == 3
         wait_for(lambda: client.get("/api/tasks/executors").json()["queue_lengths"]["heavy"] == 3)
 
         with worker(redis_url, tmp_path) as late:
@@ -111,7 +112,7 @@ def test_scale_from_zero_keeps_heavy_tasks_queued_until_a_worker_comes(
         assert {(r["status"], r["executor"], r["worker"]) for r in done} == {
             ("SUCCESS", "celery", late.hostname)
         }
-    assert broker.llen("heavy") == 0
+    assert BROKER_LAYOUT.waiting(broker, "heavy") == 0
     broker.close()
 
 
@@ -141,13 +142,13 @@ def test_dispatch_deadline_runs_an_idempotent_task_here_exactly_once(
                     == deadline_before[name] + 1
                 )
             )
-        assert broker.llen("heavy") == 2  # both messages are still in the queue
+        assert BROKER_LAYOUT.waiting(broker, "heavy") == 2  # both messages are still in the queue
 
         # One process, in order: the stale message of `taken` comes first and is dropped.
         with worker(redis_url, tmp_path, concurrency=1):
             late = wait_final(client, kept)
         assert (late["status"], late["executor"]) == ("SUCCESS", "celery")
-        assert broker.llen("heavy") == 0
+        assert BROKER_LAYOUT.waiting(broker, "heavy") == 0
         assert status(client, taken)["executor"] == "background"
 
     assert broker.get(f"{key}:runs:{taken}") == "1"

@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 
 from app.config import Settings
 from app.core.tasks import ExecutorUnavailable, TaskContext, TaskResult, TaskStatus, registry, task
+from app.core.tasks.models import DEFAULT_PRIORITY
 from app.main import create_app
 
 _release = threading.Event()
@@ -41,13 +42,18 @@ TEST_TASKS = {
     "test_api_slow": {"func": _slow, "takes_context": True},
     "test_api_fail": {"func": _fail},
     "test_api_echo": {"func": _echo},
+    "test_api_urgent": {"func": _echo, "priority": 1},
 }
 
 
 @pytest.fixture(autouse=True, scope="module")
 def _registered() -> Iterator[None]:
     for name, spec in TEST_TASKS.items():
-        task(name, takes_context=spec.get("takes_context", False))(spec["func"])
+        task(
+            name,
+            takes_context=spec.get("takes_context", False),
+            priority=spec.get("priority", DEFAULT_PRIORITY),
+        )(spec["func"])
     yield
     for name in TEST_TASKS:
         registry.unregister(name)
@@ -423,3 +429,47 @@ def test_process_without_a_string_resource_id_is_422(client: TestClient, body: A
 
 def test_process_rejects_a_non_object_body(client: TestClient) -> None:
     assert client.post("/process", json=["r1"]).status_code == 422
+
+
+def _submitted_record(client: TestClient, body: dict[str, Any]) -> dict[str, Any]:
+    response = client.post("/api/tasks", json=body)
+    assert response.status_code == 202, response.text
+    record = client.get(f"/api/tasks/{response.json()['task_id']}/status")
+    assert record.status_code == 200
+    return dict(record.json())
+
+
+@pytest.mark.parametrize(
+    ("body", "priority"),
+    [
+        ({"name": "test_api_echo", "args": [1]}, DEFAULT_PRIORITY),
+        ({"name": "test_api_urgent", "args": [1]}, 1),
+        ({"name": "test_api_urgent", "args": [1], "priority": 8}, 8),
+        ({"name": "test_api_echo", "args": [1], "priority": 0}, 0),
+        ({"name": "test_api_echo", "args": [1], "priority": 9}, 9),
+        ({"name": "test_api_echo", "args": [1], "priority": None}, DEFAULT_PRIORITY),
+    ],
+)
+def test_the_record_shows_the_call_s_priority_else_the_task_s_else_the_middle(
+    client: TestClient, body: dict[str, Any], priority: int
+) -> None:
+    assert _submitted_record(client, body)["priority"] == priority
+
+
+@pytest.mark.parametrize("priority", [-1, 10, 4.5, "4", True])
+def test_a_priority_outside_0_to_9_is_a_422_naming_the_field(
+    client: TestClient, priority: object
+) -> None:
+    response = client.post(
+        "/api/tasks", json={"name": "test_api_echo", "args": [1], "priority": priority}
+    )
+    assert response.status_code == 422
+    (error,) = response.json()["detail"]
+    assert error["loc"] == ["body", "priority"]
+    assert error["msg"]
+
+
+def test_the_task_list_shows_each_task_s_default_priority(client: TestClient) -> None:
+    tasks = {t["name"]: t for t in client.get("/api/tasks/executors").json()["tasks"]}
+    assert tasks["test_api_urgent"]["priority"] == 1
+    assert tasks["test_api_echo"]["priority"] == DEFAULT_PRIORITY

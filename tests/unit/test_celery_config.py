@@ -12,7 +12,7 @@ from celery.exceptions import ImproperlyConfigured
 from app import cli
 from app.config import Settings
 from app.core.tasks.errors import InvalidTaskArgs
-from app.core.tasks.models import TaskSpec
+from app.core.tasks.models import DEFAULT_PRIORITY, TaskSpec
 from app.core.tasks.queues import QueueRouting
 from app.core.tasks.registry import TaskRegistry, registry
 from app.logs import JsonFormatter, TextFormatter
@@ -79,6 +79,21 @@ def test_broker_timeouts_follow_the_publish_timeout() -> None:
     assert conf.broker_connection_timeout == 1.5
     assert options["socket_connect_timeout"] == 1.5
     assert options["socket_timeout"] >= 1.5
+
+
+def test_kombu_keeps_priorities_in_printable_sub_lists_for_publisher_and_worker_alike() -> None:
+    """One set of transport options for the api's publisher and the workers: kombu's priority
+    emulation with sep ":" (lists heavy, heavy:3, heavy:6, heavy:9), every queue's lowest step
+    first; the visibility timeout and sweeps are kept beside them."""
+    conf = create_celery_app(settings()).conf
+    options = conf.broker_transport_options
+    assert options["sep"] == ":"
+    assert options["priority_steps"] == [0, 3, 6, 9]
+    assert options["queue_order_strategy"] == "priority"
+    assert options["visibility_timeout"] >= MIN_VISIBILITY_TIMEOUT
+    assert "unacked_restore_interval" in options
+    # Celery's own tasks (and any bound by hand) publish at the middle level, not at 0.
+    assert conf.task_default_priority == DEFAULT_PRIORITY
 
 
 def test_visibility_timeout_outlasts_the_longest_task(app: TasklaneCelery) -> None:

@@ -16,10 +16,11 @@ import pytest_asyncio
 import redis
 from celery import Celery
 
+from app.core.tasks.broker_layout import BROKER_LAYOUT
 from app.core.tasks.errors import BrokerUnavailable, ExecutorUnavailable
 from app.core.tasks.executors.base import Route, Submission
 from app.core.tasks.executors.celery import CeleryExecutor
-from app.core.tasks.models import SubmitOptions, TaskResult, TaskStatus
+from app.core.tasks.models import DEFAULT_PRIORITY, SubmitOptions, TaskResult, TaskStatus
 from app.core.tasks.queues import QueueRouting
 from app.core.tasks.registry import TaskRegistry, task
 from app.core.tasks.store.redis import RedisStore
@@ -106,6 +107,10 @@ async def store(redis_url: str) -> AsyncIterator[RedisStore]:
     await backend.close()
 
 
+#: Where a heavy task submitted without a priority waits: the middle level's sub-list.
+DEFAULT_LIST = BROKER_LAYOUT.queue_list("heavy", DEFAULT_PRIORITY)
+
+
 @pytest.mark.asyncio
 async def test_publish_puts_the_message_in_the_queue_list(
     celery_app: Celery, store: RedisStore, client: redis.Redis
@@ -114,8 +119,8 @@ async def test_publish_puts_the_message_in_the_queue_list(
 
     await executor.dispatch(*planned(executor, "t-1"))
 
-    assert client.llen("heavy") == 1
-    headers, body = read_message(client.lindex("heavy", 0))
+    assert BROKER_LAYOUT.waiting(client, "heavy") == 1
+    headers, body = read_message(client.lindex(DEFAULT_LIST, 0))
     assert (headers["id"], headers["task"]) == ("t-1", "heavy_job")
     assert body[0] == [1, "two"]
     assert body[1] == {"three": 3.0}
@@ -130,7 +135,7 @@ async def test_countdown_becomes_an_eta(
 
     await executor.dispatch(*planned(executor, "t-eta", countdown=30))
 
-    headers, _ = read_message(client.lindex("heavy", 0))
+    headers, _ = read_message(client.lindex(DEFAULT_LIST, 0))
     assert headers["eta"] is not None
 
 
@@ -152,7 +157,7 @@ async def test_configured_queue_names_decide_the_list(
 
     await executor.dispatch(*planned(executor, "t-q", name=name))
 
-    assert client.llen(expected_list) == 1
+    assert BROKER_LAYOUT.waiting(client, expected_list) == 1
 
 
 @pytest.mark.asyncio
@@ -165,7 +170,10 @@ async def test_dispatch_publishes_to_the_queue_its_record_names(
 
     await executor.dispatch(record.replace(queue="elsewhere"), route)
 
-    assert (client.llen("elsewhere"), client.llen("heavy")) == (1, 0)
+    assert (BROKER_LAYOUT.waiting(client, "elsewhere"), BROKER_LAYOUT.waiting(client, "heavy")) == (
+        1,
+        0,
+    )
 
 
 @pytest.mark.asyncio
@@ -263,7 +271,7 @@ async def test_concurrent_publishes_all_land(
 
     await asyncio.gather(*(executor.dispatch(*planned(executor, f"t-{i}")) for i in range(50)))
 
-    assert client.llen("heavy") == 50
+    assert BROKER_LAYOUT.waiting(client, "heavy") == 50
 
 
 @pytest.mark.asyncio

@@ -72,6 +72,19 @@ def sent_by_celery(
     **options: Any,
 ) -> dict[str, Any]:
     """The message send_task leaves in the queue's list, decoded."""
+    return sent_with_list(app, client, record, queue, countdown, **options)[1]
+
+
+def sent_with_list(
+    app: Celery,
+    client: redis.Redis,
+    record: TaskResult,
+    queue: str,
+    countdown: float | None,
+    **options: Any,
+) -> tuple[str, dict[str, Any]]:
+    """The list kombu chose for send_task's message (the only key that starts with the
+    queue's name afterwards) and the message, decoded."""
     app.send_task(
         record.name,
         args=record.args,
@@ -82,9 +95,10 @@ def sent_by_celery(
         retry=False,
         **options,
     )
-    [raw] = client.lrange(queue, 0, -1)
-    client.delete(queue)
-    return json.loads(raw)
+    [key] = client.keys(f"{queue}*")
+    [raw] = client.lrange(key, 0, -1)
+    client.delete(key)
+    return key, json.loads(raw)
 
 
 def comparable(message: dict[str, Any]) -> dict[str, Any]:
@@ -129,8 +143,8 @@ def test_the_message_is_the_one_send_task_publishes(
 ) -> None:
     record = make_record(args, kwargs)
 
-    push = WireFormat(app).push(record, "light", countdown)
-    theirs = sent_by_celery(app, client, record, "light", countdown)
+    push = WireFormat(app).push(record, "light", countdown, 0)
+    theirs = sent_by_celery(app, client, record, "light", countdown, priority=0)
 
     assert push is not None
     assert push.key == "light"  # the base list: priority 0 is never a priority sub-list
@@ -142,6 +156,52 @@ def test_the_message_is_the_one_send_task_publishes(
     else:
         assert eta(ours) == pytest.approx(eta(theirs), abs=1.0)
         assert eta(ours) == pytest.approx(time.time() + countdown, abs=2.0)
+
+
+#: The list kombu picks for each priority with tasklane's transport options (sep ":").
+KOMBU_LISTS = ["light"] * 3 + ["light:3"] * 3 + ["light:6"] * 3 + ["light:9"]
+
+
+@pytest.mark.parametrize("priority", range(10))
+@pytest.mark.parametrize("countdown", [None, 30])
+def test_a_prioritised_message_is_send_task_s_on_the_same_sub_list(
+    app: Celery, client: redis.Redis, priority: int, countdown: float | None
+) -> None:
+    record = make_record([1, "two"], {"three": 3})
+
+    push = WireFormat(app).push(record, "light", countdown, priority)
+    key, theirs = sent_with_list(app, client, record, "light", countdown, priority=priority)
+
+    assert push is not None
+    assert push.key == key == KOMBU_LISTS[priority]
+    ours = json.loads(push.payload)
+    assert comparable(ours) == comparable(theirs)
+    assert ours["properties"]["priority"] == priority
+
+
+@pytest.mark.parametrize(
+    "change", [{"task_default_priority": 7}, {"task_inherit_parent_priority": True}]
+)
+def test_celery_s_default_priorities_do_not_change_send_task_s_message(
+    app: Celery, client: redis.Redis, monkeypatch: pytest.MonkeyPatch, change: dict[str, Any]
+) -> None:
+    # tasklane always passes the priority: a default or an inherited one (Celery's setdefault)
+    # never applies, even inside a worker task whose own message had another priority.
+    parent = SimpleNamespace(
+        request=SimpleNamespace(id="parent-1", root_id=None, delivery_info={"priority": 9}),
+        add_trail=lambda result: None,
+    )
+    monkeypatch.setattr(type(app), "current_worker_task", property(lambda self: parent))
+    app.conf.update(change)
+    record = make_record([1], {})
+
+    assert wire_problem(app, app.conf.broker_url) is None
+    push = WireFormat(app).push(record, "light", None, 2)
+    key, theirs = sent_with_list(app, client, record, "light", None, priority=2)
+
+    assert push is not None
+    assert push.key == key == "light"
+    assert comparable(json.loads(push.payload)) == comparable(theirs)
 
 
 def _secret(password: str, token: str = "", *rest: str, **more: str) -> None:
@@ -169,9 +229,9 @@ def test_a_sensitive_message_is_send_task_s_with_the_same_redacted_reprs(
     redaction = Redaction.of(_secret, sensitive, takes_context=False)
     record = make_record(["pw-1", "tok-2", "r-3"], {"extra": "more-4", "token": "tok-5"})
 
-    push = WireFormat(app).push(record, "light", None, redaction)
+    push = WireFormat(app).push(record, "light", None, 0, redaction)
     options = redacted_reprs(app, redaction, record.args, record.kwargs)
-    theirs = sent_by_celery(app, client, record, "light", None, **options)
+    theirs = sent_by_celery(app, client, record, "light", None, priority=0, **options)
 
     assert push is not None
     ours = json.loads(push.payload)
@@ -194,8 +254,8 @@ def test_inside_a_worker_task_the_message_links_its_parent_like_send_task(
     monkeypatch.setattr(type(app), "current_worker_task", property(lambda self: parent))
     record = make_record([1], {})
 
-    push = WireFormat(app).push(record, "heavy", None)
-    theirs = sent_by_celery(app, client, record, "heavy", None)
+    push = WireFormat(app).push(record, "heavy", None, 0)
+    theirs = sent_by_celery(app, client, record, "heavy", None, priority=0)
 
     assert push is not None
     ours = json.loads(push.payload)
@@ -215,10 +275,10 @@ def test_a_queue_the_app_does_not_declare_as_plain_direct_is_left_to_send_task(
     wire = WireFormat(app)
     record = make_record([1], {})
     try:
-        assert wire.push(record, "light", None) is not None
-        assert wire.push(record, "undeclared", None) is None
-        assert wire.push(record, "expiring", None) is None  # kombu would add PEXPIREs
-        assert wire.push(record, "topical", None) is None  # routed through a topic exchange
+        assert wire.push(record, "light", None, 0) is not None
+        assert wire.push(record, "undeclared", None, 0) is None
+        assert wire.push(record, "expiring", None, 0) is None  # kombu would add PEXPIREs
+        assert wire.push(record, "topical", None, 0) is None  # routed through a topic exchange
     finally:
         app.close()
 
@@ -232,10 +292,10 @@ def test_a_publish_signal_receiver_gets_send_task_instead(app: Celery) -> None:
     wire = WireFormat(app)
     signals.before_task_publish.connect(receiver, weak=False)
     try:
-        assert wire.push(make_record([1], {}), "light", None) is None
+        assert wire.push(make_record([1], {}), "light", None, 0) is None
     finally:
         signals.before_task_publish.disconnect(receiver)
-    assert wire.push(make_record([1], {}), "light", None) is not None
+    assert wire.push(make_record([1], {}), "light", None, 0) is not None
 
 
 @pytest.mark.parametrize(
@@ -248,8 +308,8 @@ def test_a_publish_signal_receiver_gets_send_task_instead(app: Celery) -> None:
         ({"task_serializer": "pickle"}, "task_serializer"),
         ({"task_protocol": 1}, "task_protocol"),
         ({"task_send_sent_event": True}, "task_send_sent_event"),
-        ({"task_default_priority": 5}, "priority"),
-        ({"task_inherit_parent_priority": True}, "priority"),
+        ({"broker_transport_options": {"visibility_timeout": 60}}, "priority lists"),
+        ({"broker_transport_options": {"sep": ":", "priority_steps": [0, 5]}}, "priority lists"),
     ],
 )
 def test_wire_problem_names_what_send_task_would_do_differently(
@@ -322,7 +382,27 @@ def test_a_tested_release_publishes_with_the_record(app: Celery, redis_url: str)
     executor = CeleryExecutor(app, RedisStore(redis_url), registry=TaskRegistry())
     task("wire_probe", target=executor.registry)(lambda *args, **kwargs: None)
 
-    push = executor.plan(probe_call(executor)).message
+    route = executor.plan(probe_call(executor))
 
-    assert push is not None
-    assert push.key == "light"
+    assert route.message is not None
+    assert route.priority == 4  # no priority anywhere: the middle level, in Q:3 on Redis
+    assert route.message.key == "light:3"
+
+
+@pytest.mark.parametrize(
+    ("declared", "chosen", "priority", "key"),
+    [(1, None, 1, "light"), (1, 9, 9, "light:9"), (7, 0, 0, "light"), (7, None, 7, "light:6")],
+)
+def test_the_plan_carries_the_call_s_priority_else_the_spec_s(
+    app: Celery, redis_url: str, declared: int, chosen: int | None, priority: int, key: str
+) -> None:
+    executor = CeleryExecutor(app, RedisStore(redis_url), registry=TaskRegistry())
+    task("wire_probe", priority=declared, target=executor.registry)(lambda *a, **k: None)
+    spec = executor.registry.get("wire_probe")
+
+    route = executor.plan(Submission("wire-1", spec, [1], {}, SubmitOptions(priority=chosen)))
+
+    assert route.priority == priority
+    assert route.message is not None
+    assert route.message.key == key
+    assert json.loads(route.message.payload)["properties"]["priority"] == priority

@@ -18,6 +18,7 @@ from celery import Celery
 from prometheus_client import REGISTRY
 
 from app.core.tasks import ExecutorUnavailable, TaskManager, TaskStatus
+from app.core.tasks.broker_layout import BROKER_LAYOUT
 from app.core.tasks.errors import BrokerUnavailable
 from app.core.tasks.execution import execute
 from app.core.tasks.executors.background import BackgroundTasksExecutor
@@ -205,7 +206,7 @@ async def test_pin_to_celery_holds_even_with_no_worker(planes: Callable[..., Any
 
     record = await plane.store.get(task_id)
     assert (record.executor, record.status) == ("celery", TaskStatus.PENDING)
-    assert plane.redis.llen("light") == 1
+    assert BROKER_LAYOUT.waiting(plane.redis, "light") == 1
     assert fallbacks("hr_spec_pinned", "no_workers") == before
 
 
@@ -229,7 +230,7 @@ async def test_heavy_goes_to_celery_when_a_live_worker_consumes_its_queue(
     # The record names the queue the message really went to, even for a light task listed
     # in HEAVY_TASKS.
     assert record.queue == "heavy"
-    assert plane.redis.llen("heavy") == 1
+    assert BROKER_LAYOUT.waiting(plane.redis, "heavy") == 1
     assert decisions(name, "celery") == before + 1
     assert RUNS == []
 
@@ -249,7 +250,7 @@ async def test_heavy_runs_locally_with_no_live_worker_counted_as_no_workers(
     assert (record.executor, record.status, RUNS) == ("background", TaskStatus.SUCCESS, ["local"])
     assert fallbacks("hr_heavy", "no_workers") == before[0] + 1
     assert decisions("hr_heavy", "background") == before[1] + 1
-    assert plane.redis.llen("heavy") == 0
+    assert BROKER_LAYOUT.waiting(plane.redis, "heavy") == 0
 
 
 @pytest.mark.asyncio
@@ -276,7 +277,7 @@ async def test_scale_from_zero_queues_heavy_tasks_with_no_worker(
 
     records = [await plane.store.get(task_id) for task_id in ids]
     assert {(r.executor, r.status) for r in records} == {("celery", TaskStatus.PENDING)}
-    assert plane.redis.llen("heavy") == 3
+    assert BROKER_LAYOUT.waiting(plane.redis, "heavy") == 3
     assert fallbacks("hr_heavy", "no_workers") == before
 
 
@@ -326,7 +327,7 @@ async def test_light_overflows_to_celery_when_the_runner_is_saturated(
     task_id = await plane.manager.submit("hr_light", "overflow")
 
     assert (await plane.store.get(task_id)).executor == "celery"
-    assert plane.redis.llen("light") == 1
+    assert BROKER_LAYOUT.waiting(plane.redis, "light") == 1
     assert fallbacks("hr_light", "saturated") == before[0] + 1
     assert decisions("hr_light", "celery") == before[1] + 1
     RELEASE.set()
@@ -387,7 +388,9 @@ async def test_broker_known_down_routes_heavy_locally_without_trying_to_publish(
     assert (record.executor, record.status) == ("background", TaskStatus.SUCCESS)
     assert fallbacks("hr_heavy", "broker_down") == before[0] + 1
     assert decisions("hr_heavy", "background") == before[1] + 1
-    assert plane.redis.llen("heavy") == 0  # the (working) Celery app was never asked
+    assert (
+        BROKER_LAYOUT.waiting(plane.redis, "heavy") == 0
+    )  # the (working) Celery app was never asked
     with pytest.raises(ExecutorUnavailable, match="broker is unreachable"):
         await plane.manager.submit("hr_heavy_strict", "x")
 
@@ -540,7 +543,7 @@ async def test_a_submit_to_celery_looks_its_task_up_once(
 
     assert seen == ["hr_heavy", "hr_heavy"]
     assert (await plane.store.get(task_id)).queue == "heavy"
-    assert plane.redis.llen("heavy") == 1
+    assert BROKER_LAYOUT.waiting(plane.redis, "heavy") == 1
     assert len(plane.hybrid.deadline) == 1
 
 

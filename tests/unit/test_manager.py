@@ -26,7 +26,7 @@ from app.core.tasks import (
     UnknownTaskError,
     task,
 )
-from app.core.tasks.errors import InvalidTaskId, UnsupportedOption
+from app.core.tasks.errors import InvalidPriority, InvalidTaskId, UnsupportedOption
 from app.core.tasks.executors.background import BackgroundTasksExecutor
 from app.core.tasks.hooks import TaskHooks
 from app.core.tasks.manager import CancelOutcome
@@ -187,7 +187,9 @@ async def test_submit_writes_a_pending_record_and_returns_a_uuid(
         ("test_manager_typed", [1], {}, SubmitOptions(task_id="has space"), InvalidTaskId),
         ("test_manager_typed", [1], {}, SubmitOptions(task_id=""), InvalidTaskId),
         ("test_manager_typed", [1], {}, SubmitOptions(task_id="x" * 129), InvalidTaskId),
-        ("test_manager_typed", [1], {}, SubmitOptions(priority=5), UnsupportedOption),
+        ("test_manager_typed", [1], {}, SubmitOptions(priority=10), InvalidPriority),
+        ("test_manager_typed", [1], {}, SubmitOptions(priority=-1), InvalidPriority),
+        ("test_manager_typed", [1], {}, SubmitOptions(priority=True), InvalidPriority),
         ("test_manager_typed", [1], {}, SubmitOptions(countdown=-1), UnsupportedOption),
         ("test_manager_typed", [1], {}, SubmitOptions(countdown=86_401), UnsupportedOption),
     ],

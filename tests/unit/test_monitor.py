@@ -13,9 +13,9 @@ import pytest_asyncio
 import redis
 from prometheus_client import REGISTRY
 
+from app.core.tasks.broker_layout import BROKER_LAYOUT
 from app.core.tasks.monitor import WorkerMonitor
 from app.core.tasks.presence import WorkerKeys, heartbeat_client_name
-from app.core.tasks.redelivery import BrokerLayout
 from scripts.harness.processes import RedisServer
 
 PREFIX = "test:"
@@ -157,15 +157,15 @@ async def test_queue_length_sums_base_list_and_priority_sub_lists(
     monitor: WorkerMonitor, client: redis.Redis
 ) -> None:
     client.rpush("heavy", "m1", "m2")
-    client.rpush("heavy\x06\x163", "p3")
-    client.rpush("heavy\x06\x166", "p6a", "p6b")
-    client.rpush("heavy\x06\x169", "p9")
+    client.rpush("heavy:3", "p3")
+    client.rpush("heavy:6", "p6a", "p6b")
+    client.rpush("heavy:9", "p9")
     client.rpush("light", "l1")
     client.zadd(KEYS.active("heavy"), {"t1": 1.0, "t2": 2.0})
-    assert BrokerLayout().queue_lists("heavy")[1:] == [
-        "heavy\x06\x163",
-        "heavy\x06\x166",
-        "heavy\x06\x169",
+    assert BROKER_LAYOUT.queue_lists("heavy")[1:] == [
+        "heavy:3",
+        "heavy:6",
+        "heavy:9",
     ]
 
     snapshot = await monitor.refresh()

@@ -8,8 +8,8 @@ from types import SimpleNamespace
 import pytest
 from kombu.transport import redis as kombu_redis
 
+from app.core.tasks.broker_layout import KOMBU_PRIORITY_STEPS, KOMBU_SEP, BrokerLayout
 from app.core.tasks.recovery import recovery_problem
-from app.core.tasks.redelivery import KOMBU_PRIORITY_STEPS, KOMBU_SEP, BrokerLayout
 
 
 @pytest.mark.parametrize(

@@ -424,6 +424,25 @@ async def test_runner_never_exceeds_its_concurrency(
 
 
 @pytest.mark.asyncio
+async def test_a_task_waiting_for_its_countdown_holds_no_slot(
+    make_manager: Callable[..., TaskManager],
+) -> None:
+    manager = make_manager(concurrency=1)
+    await manager.start()
+    later = await manager.submit(
+        "test_runner_echo_async", "later", options=SubmitOptions(countdown=30.0, priority=0)
+    )
+    now = await manager.submit("test_runner_echo_async", "now", options=SubmitOptions(priority=9))
+
+    record = await manager.wait(now, timeout=5)
+
+    assert record.status is TaskStatus.SUCCESS  # the one slot was free
+    waiting = await manager.get_result(later)
+    assert waiting is not None
+    assert waiting.status is TaskStatus.PENDING
+
+
+@pytest.mark.asyncio
 async def test_countdown_delays_the_start(manager: TaskManager) -> None:
     task_id = await manager.submit(
         "test_runner_echo_async", "later", options=SubmitOptions(countdown=1.0)

@@ -117,8 +117,8 @@ def test_report_shows_workers_queues_routes_and_failures(
     beat(scaled, POD, age=2.0)
     beat(scaled, "celery@gone", age=120.0)
     scaled.rpush("heavy", "m1", "m2")
-    scaled.rpush("heavy\x06\x163", "p3")
-    scaled.rpush("heavy\x06\x169", "p9")
+    scaled.rpush("heavy:3", "p3")
+    scaled.rpush("heavy:9", "p9")
     scaled.zadd(KEYS.active("heavy"), {"t1": 1.0, "t2": 2.0})
     failed = asyncio.run(record_failures(redis_url, 3))
 

@@ -22,6 +22,7 @@ from prometheus_client import REGISTRY
 
 from app.config import Settings
 from app.core.tasks import TaskCall, TaskManager, TaskStatus
+from app.core.tasks.broker_layout import BROKER_LAYOUT
 from app.core.tasks.errors import BrokerUnavailable, InvalidTaskArgs
 from app.core.tasks.executors.background import BackgroundTasksExecutor
 from app.core.tasks.executors.celery import CeleryExecutor
@@ -76,7 +77,11 @@ class Api:
 
     def queued(self, queue: str) -> list[dict[str, Any]]:
         """The messages in a queue list, oldest first (the next a worker takes)."""
-        return [json.loads(raw) for raw in reversed(self.broker.lrange(queue, 0, -1))]
+        return [
+            json.loads(raw)
+            for name in BROKER_LAYOUT.queue_lists(queue)  # the order a worker pops them
+            for raw in reversed(self.broker.lrange(name, 0, -1))
+        ]
 
 
 def task_ids(messages: list[dict[str, Any]]) -> list[str]:
@@ -235,7 +240,7 @@ async def test_a_bad_call_in_a_batch_writes_nothing(make_api: Callable[..., Any]
         )
 
     assert await api.manager.list() == []
-    assert api.broker.llen("light") == 0
+    assert BROKER_LAYOUT.waiting(api.broker, "light") == 0
     assert api.hooks.submitted == []
 
 
@@ -297,7 +302,7 @@ async def test_a_batch_for_another_broker_is_published_in_call_order_on_long_liv
         records = [await api.store.get(task_id) for task_id in ids]
         assert all(r is not None and r.status is TaskStatus.PENDING for r in records)
         local = redis.Redis.from_url(redis_url)
-        assert local.llen("light") == 0  # nothing on the store's Redis
+        assert BROKER_LAYOUT.waiting(local, "light") == 0  # nothing on the store's Redis
         local.close()
     finally:
         other.cleanup()

@@ -91,6 +91,12 @@ class TaskAlreadyFinished(TasklaneError):
         super().__init__(f"Task {task_id!r} already finished with status {status}.")
 
 
+class InvalidPriority(TasklaneError, ValueError):
+    """A submit's priority is not an integer from 0 (starts first) to 9."""
+
+    http_status = 422
+
+
 class UnsupportedOption(TasklaneError, ValueError):
     """The chosen executor cannot honour a submit option; refusing beats ignoring it."""
 

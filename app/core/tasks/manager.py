@@ -22,6 +22,7 @@ from app.core.tasks import metrics
 from app.core.tasks.arguments import normalise_arguments
 from app.core.tasks.errors import (
     ExecutorUnavailable,
+    InvalidPriority,
     InvalidTaskId,
     TaskAlreadyFinished,
     TaskNotFound,
@@ -34,6 +35,7 @@ from app.core.tasks.models import (
     SubmitOptions,
     TaskResult,
     TaskStatus,
+    check_priority,
     is_clean_id,
     utcnow,
 )
@@ -264,6 +266,7 @@ class TaskManager:
             args=call.args,
             kwargs=call.kwargs,
             submitted_at=utcnow(),
+            priority=route.priority,
         )
 
     def _submitted(self, record: TaskResult, seconds: float) -> None:
@@ -279,5 +282,10 @@ class TaskManager:
                 raise UnsupportedOption("countdown", executor.name)
             if not 0 <= options.countdown <= 86_400:
                 raise UnsupportedOption("countdown outside 0..86400 s", executor.name)
-        if options.priority is not None and not executor.supports_priority:
-            raise UnsupportedOption("priority", executor.name)
+        if options.priority is not None:
+            if not executor.supports_priority:
+                raise UnsupportedOption("priority", executor.name)
+            try:
+                check_priority(options.priority)
+            except ValueError as exc:
+                raise InvalidPriority(str(exc)) from None

@@ -28,6 +28,28 @@ ID_RULE = f"1-{ID_MAX_LENGTH} characters from A-Z a-z 0-9 _ . : - and not only d
 _ID = re.compile(ID_PATTERN)
 
 
+#: Priorities run 0..9 with Celery's meaning on Redis: 0 starts first (RabbitMQ's is the
+#: reverse: there 9 is the highest). One scale for both planes (DESIGN.md §3).
+PRIORITY_FIRST, PRIORITY_LAST = 0, 9
+#: What a task that names no priority gets: the middle of the scale, so a caller can still put
+#: urgent work before it (0-3) and bulk work after it (5-9): it neither jumps every queue nor
+#: waits behind everything that says a number. On Celery it shares kombu's 3-5 sub-list (Q:3).
+DEFAULT_PRIORITY = 4
+
+
+def check_priority(priority: int) -> int:
+    """priority itself when it is an int in PRIORITY_FIRST..PRIORITY_LAST.
+
+    Raises ValueError naming the range otherwise.
+    """
+    if type(priority) is not int or not PRIORITY_FIRST <= priority <= PRIORITY_LAST:
+        raise ValueError(
+            f"priority must be an integer from {PRIORITY_FIRST} (runs first) to "
+            f"{PRIORITY_LAST} (runs last), not {priority!r}"
+        )
+    return priority
+
+
 def is_clean_id(value: str) -> bool:
     """Does value follow ID_PATTERN and ID_MAX_LENGTH (one clean URL path segment)?"""
     return len(value) <= ID_MAX_LENGTH and _ID.fullmatch(value) is not None
@@ -102,6 +124,8 @@ class TaskResult:
     worker: str | None = None
     #: Set by cancel() on a running task; the task sees it through ctx.cancelled().
     cancel_requested: bool = False
+    #: 0 (starts first) .. 9; None on records written before priorities existed.
+    priority: int | None = None
 
     @property
     def finished(self) -> bool:
@@ -129,6 +153,7 @@ class TaskResult:
             "finished_at": _iso(self.finished_at),
             "worker": self.worker,
             "cancel_requested": self.cancel_requested,
+            "priority": self.priority,
         }
 
     @classmethod
@@ -152,6 +177,7 @@ class TaskResult:
             finished_at=_parse(data.get("finished_at")),
             worker=data.get("worker"),
             cancel_requested=bool(data.get("cancel_requested", False)),
+            priority=data.get("priority"),
         )
 
 
@@ -187,6 +213,8 @@ class TaskSpec:
     #: half-done work is harmless; others stop cooperatively through ctx.cancelled().
     terminate_safe: bool = False
     is_async: bool = False
+    #: Start order among waiting tasks when a call names none (@task(priority=...)).
+    priority: int = DEFAULT_PRIORITY
     #: Which argument values (and whether the result) are kept out of API answers and log
     #: lines (@task(sensitive=...)); None: nothing is hidden. The record keeps the real values.
     redaction: Redaction | None = None
@@ -200,7 +228,8 @@ class SubmitOptions:
     task_id: str | None = None
     #: Seconds to wait before the first attempt.
     countdown: float | None = None
-    #: 0 (lowest) to 9; only executors with supports_priority accept it.
+    #: 0 (starts first) to 9, instead of the spec's; only executors with supports_priority
+    #: accept it.
     priority: int | None = None
     #: Largest JSON size of this call's arguments, instead of TASKLANE_MAX_ARGS_BYTES: for a
     #: caller that bounds its data itself (the audio WebSocket: TASKLANE_MAX_AUDIO_BYTES).

@@ -33,6 +33,7 @@ from redis.exceptions import RedisError
 from app.core.kubernetes.state import pod_matcher, runs_in
 from app.core.redis_client import LoopLocalRedis
 from app.core.tasks import metrics
+from app.core.tasks.broker_layout import BROKER_LAYOUT, BrokerLayout
 from app.core.tasks.presence import (
     HeartbeatConnections,
     LivenessRule,
@@ -42,7 +43,6 @@ from app.core.tasks.presence import (
     aread_workers,
 )
 from app.core.tasks.recovery import Recovery
-from app.core.tasks.redelivery import BrokerLayout
 
 if TYPE_CHECKING:
     from app.core.kubernetes.watch import KubeWatcher
@@ -52,8 +52,6 @@ log = logging.getLogger("tasklane.monitor")
 #: What an unreachable, refusing or too slow Redis looks like to the monitor.
 UNREACHABLE: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
 _EMPTY: Mapping[str, int] = MappingProxyType({})
-#: Where kombu keeps each queue's messages: its base list and priority sub-lists.
-_LAYOUT = BrokerLayout()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -334,8 +332,9 @@ class WorkerMonitor:
 
     async def _read_queues(self) -> Mapping[str, int]:
         """Messages waiting per watched queue: base list plus priority sub-lists."""
-        waiting = await _LAYOUT.waiting(self._queues_redis.client(), sorted(self.watched))
-        return MappingProxyType({queue: sum(steps.values()) for queue, steps in waiting.items()})
+        client, queues = self._queues_redis.client(), sorted(self.watched)
+        backlog = await BROKER_LAYOUT.read_backlog(client, queues)
+        return MappingProxyType({queue: sum(steps.values()) for queue, steps in backlog.items()})
 
     def _export(self, snapshot: WorkerSnapshot, now: float) -> None:
         metrics.set_broker_up(snapshot.broker_up)

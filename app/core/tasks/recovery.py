@@ -53,13 +53,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from app.core.tasks import metrics
+from app.core.tasks.broker_layout import BrokerLayout
 from app.core.tasks.metrics import RecoveryReason
 from app.core.tasks.presence import LivenessRule, WorkerKeys
 from app.core.tasks.redelivery import (
     BINDING_PREFIX,
     UNACKED,
     UNACKED_INDEX,
-    BrokerLayout,
     Redelivery,
     parse,
     resolve,

@@ -13,65 +13,16 @@ test_dead_worker_recovery.py) compares the result with kombu's own restore_by_ta
 from __future__ import annotations
 
 import json
-from bisect import bisect
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from kombu.utils.json import dumps
 
-if TYPE_CHECKING:
-    import redis.asyncio as aioredis
+from app.core.tasks.broker_layout import BrokerLayout
 
-#: kombu's Redis transport keys and defaults (kombu.transport.redis.Channel).
+#: kombu's Redis transport keys (kombu.transport.redis.Channel).
 UNACKED, UNACKED_INDEX, BINDING_PREFIX = "unacked", "unacked_index", "_kombu.binding."
-KOMBU_SEP, KOMBU_PRIORITY_STEPS = "\x06\x16", (0, 3, 6, 9)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class BrokerLayout:
-    """Where kombu's Redis transport keeps a queue's messages (its sep and priority steps)."""
-
-    sep: str = KOMBU_SEP
-    priority_steps: tuple[int, ...] = KOMBU_PRIORITY_STEPS
-
-    @classmethod
-    def from_transport_options(cls, options: Mapping[str, Any]) -> BrokerLayout:
-        return cls(
-            sep=options.get("sep", KOMBU_SEP),
-            priority_steps=tuple(options.get("priority_steps", KOMBU_PRIORITY_STEPS)),
-        )
-
-    def queue_list(self, queue: str, priority: int) -> str:
-        """kombu's Channel._q_for_pri."""
-        step = self.priority_steps[bisect(self.priority_steps, priority) - 1]
-        return f"{queue}{self.sep}{step}" if step else queue
-
-    def queue_lists(self, queue: str) -> list[str]:
-        """Every list of `queue`, one per priority step (the base list holds the lowest)."""
-        return [self.queue_list(queue, step) for step in self.priority_steps]
-
-    async def waiting(
-        self, client: aioredis.Redis, queues: Sequence[str]
-    ) -> dict[str, dict[int, int]]:
-        """Messages waiting in each queue, per priority step (one pipelined read)."""
-        async with client.pipeline(transaction=False) as pipe:
-            for queue in queues:
-                for name in self.queue_lists(queue):
-                    pipe.llen(name)
-            counts = iter(await pipe.execute())
-        return {
-            queue: {step: int(next(counts)) for step in self.priority_steps} for queue in queues
-        }
-
-    def bound_queue(self, members: set[str], routing_key: str) -> str | None:
-        """The queue a direct exchange's bindings (`_kombu.binding.{exchange}` members,
-        `routing_key{sep}pattern{sep}queue`) route `routing_key` to."""
-        for member in sorted(members):
-            parts = member.split(self.sep)
-            if len(parts) == 3 and parts[0] == routing_key:
-                return parts[2]
-        return None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -12,7 +12,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator
 from typing import Any, TypeVar
 
 from app.core.tasks.errors import TaskModuleNotFound, UnknownTaskError
-from app.core.tasks.models import TaskSpec, Weight
+from app.core.tasks.models import DEFAULT_PRIORITY, TaskSpec, Weight, check_priority
 from app.core.tasks.redaction import Redaction
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -107,6 +107,7 @@ def task(
     takes_context: bool = False,
     terminate_safe: bool = False,
     sensitive: bool | str | Collection[str] = False,
+    priority: int = DEFAULT_PRIORITY,
     target: TaskRegistry | None = None,
 ) -> Callable[[F], F]:
     """Register the decorated function as a task; the function itself is returned unchanged.
@@ -117,6 +118,8 @@ def task(
     a running Celery attempt instead of waiting for the task to notice ctx.cancelled().
     sensitive=True keeps every argument and the result out of API answers and log lines;
     sensitive=("name", ...) only those parameters' values (app/core/tasks/redaction.py).
+    priority (0 starts first .. 9) orders the task among waiting ones in both planes when a
+    call names none (SubmitOptions.priority).
     """
     if weight not in ("light", "heavy"):
         raise ValueError(f"weight must be 'light' or 'heavy', not {weight!r}")
@@ -126,6 +129,7 @@ def task(
         raise ValueError("timeout must be positive")
     if executor not in (None, "background", "celery"):
         raise ValueError(f"executor must be 'background', 'celery' or None, not {executor!r}")
+    check_priority(priority)
 
     def decorate(func: F) -> F:
         parameters = inspect.signature(func).parameters
@@ -150,6 +154,7 @@ def task(
             terminate_safe=terminate_safe,
             is_async=inspect.iscoroutinefunction(func),
             redaction=Redaction.of(func, sensitive, takes_context=takes_context),
+            priority=priority,
         )
         (target or registry).register(spec)
         return func

@@ -233,6 +233,27 @@ tasks finish, and a task may run for its timeout plus the 30 s hard-limit margin
 {{- regexReplaceAll "[^A-Za-z0-9_]" . "_" -}}
 {{- end -}}
 
+{{/*
+The Redis lists kombu keeps one Celery queue's messages in, as JSON [{suffix, list}]: the base
+list (priorities 0-2) and one sub-list per higher priority step, `Q:3` (3-5), `Q:6` (6-8), `Q:9`.
+The steps and the ":" separator are the app's (app.core.tasks.broker_layout.BROKER_LAYOUT, the
+broker_transport_options of every api and worker); tests/chart/test_keda.py checks they agree.
+`suffix` tells the lists' KEDA triggers apart (queued_Q, queued_Q_p3, ...).
+call like: include "tasklane.queueLists" "heavy" | fromJsonArray
+*/}}
+{{- define "tasklane.queueLists" -}}
+{{- $queue := . -}}
+{{- $lists := list -}}
+{{- range $step := list 0 3 6 9 -}}
+{{- if eq $step 0 -}}
+{{- $lists = append $lists (dict "suffix" "" "list" $queue) -}}
+{{- else -}}
+{{- $lists = append $lists (dict "suffix" (printf "_p%d" $step) "list" (printf "%s:%d" $queue $step)) -}}
+{{- end -}}
+{{- end -}}
+{{- toJson $lists -}}
+{{- end -}}
+
 {{/* ---------------------------------------------------------------------------------------
 Pods: env, checksums, shared volumes.
 --------------------------------------------------------------------------------------- */}}

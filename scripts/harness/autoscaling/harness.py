@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
+from app.core.tasks.broker_layout import BROKER_LAYOUT
 from scripts.harness.autoscaling.autoscaler import Autoscaler, Decision, ScalingSpec
 from scripts.harness.autoscaling.scenarios import Scenario
 from scripts.harness.autoscaling.triggers import RedisTrigger, TriggerReader
@@ -275,7 +276,10 @@ def _sample(
     decision: Decision,
     pool: WorkerDeployment,
 ) -> Sample:
-    queued = sum(values[t.name] for t in rendered.triggers if t.list_name in rendered.queues)
+    # Messages waiting in the queues' lists (base list and priority sub-lists); the rest of
+    # the formula's triggers count running tasks.
+    lists = {name for queue in rendered.queues for name in BROKER_LAYOUT.queue_lists(queue)}
+    queued = sum(values[t.name] for t in rendered.triggers if t.list_name in lists)
     return Sample(
         time=decision.time,
         queued=queued,

@@ -1,9 +1,10 @@
 """BackgroundTasksExecutor: the in-process runner of single mode (DESIGN.md §3).
 
 Own runner, not Starlette's: `async def` tasks run as asyncio tasks on the app's loop, sync ones
-on daemon threads, both under one concurrency semaphore. Retries wait on the loop with the slot
-released. Cancel drops a waiting task, cancels a running async one, and sets ctx.cancelled()
-for a running sync one. stop() drains for a grace period, then settles the rest as FAILURE
+on daemon threads, both under one set of concurrency slots handed out by priority (0 first, FIFO
+within a level: executors/gate.py). Countdowns and retries wait on the loop with no slot held.
+Cancel drops a waiting task, cancels a running async one, and sets ctx.cancelled() for a running
+sync one. stop() drains for a grace period, then settles the rest as FAILURE
 Interrupted; a runner that died without stop() is found by its expired heartbeat and its tasks
 settled the same way by any other runner sharing the store (reap()).
 """
@@ -22,8 +23,10 @@ from app.core.tasks.context import TaskContext
 from app.core.tasks.errors import ExecutorUnavailable, StoreUnavailable, UnknownTaskError
 from app.core.tasks.execution import execute, mark_interrupted
 from app.core.tasks.executors.base import Executor
+from app.core.tasks.executors.gate import PriorityGate
 from app.core.tasks.handoff import defer
 from app.core.tasks.hooks import TaskHooks
+from app.core.tasks.models import DEFAULT_PRIORITY
 from app.core.tasks.registry import TaskRegistry
 from app.core.tasks.registry import registry as default_registry
 
@@ -41,6 +44,7 @@ class BackgroundTasksExecutor(Executor):
     name = "background"
     supports_cancel_running = True
     supports_retry = True
+    supports_priority = True
     supports_delay = True
 
     def __init__(
@@ -61,7 +65,7 @@ class BackgroundTasksExecutor(Executor):
         self.runner_id = runner_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self._loop: asyncio.AbstractEventLoop | None = None
         self._accepting = True
-        self._semaphore: asyncio.Semaphore | None = None
+        self._gate: PriorityGate | None = None
         # Strong references: the loop keeps only weak ones, and a collected task vanishes.
         self._jobs: dict[str, asyncio.Task[None]] = {}
         self._contexts: dict[str, TaskContext] = {}
@@ -81,7 +85,7 @@ class BackgroundTasksExecutor(Executor):
         # A new loop (a script or test running several): state of the old one is unusable.
         self._loop = loop
         self._accepting = True
-        self._semaphore = asyncio.Semaphore(self.concurrency)
+        self._gate = PriorityGate(self.concurrency)
         self._jobs, self._contexts, self._running, self._sleeping = {}, {}, set(), set()
         if self.store.kind != "memory":
             # Only a shared store has other runners whose crashes we must notice.
@@ -138,9 +142,10 @@ class BackgroundTasksExecutor(Executor):
             raise ExecutorUnavailable("the in-process runner is shutting down", retry_after=2)
         await self.store.claim(record.task_id, self.runner_id)
         task_id, delay = record.task_id, route.countdown or 0.0
+        priority = DEFAULT_PRIORITY if route.priority is None else route.priority
 
         def start() -> None:
-            self._schedule(task_id, delay)
+            self._schedule(task_id, delay, priority)
 
         if background_tasks is not None:
             defer(background_tasks, start)
@@ -192,7 +197,7 @@ class BackgroundTasksExecutor(Executor):
 
     # -- internals -------------------------------------------------------------------------
 
-    def _schedule(self, task_id: str, delay: float) -> None:
+    def _schedule(self, task_id: str, delay: float, priority: int) -> None:
         if task_id in self._jobs or self._loop is None or self._loop.is_closed():
             return
         if not self._accepting:
@@ -201,7 +206,9 @@ class BackgroundTasksExecutor(Executor):
         if delay > 0:
             # Counted as sleeping from now: stop() may run before the job's first step.
             self._sleeping.add(task_id)
-        job = self._loop.create_task(self._run(task_id, delay), name=f"tasklane:{task_id}")
+        job = self._loop.create_task(
+            self._run(task_id, delay, priority), name=f"tasklane:{task_id}"
+        )
         self._jobs[task_id] = job
 
         def forget(done: asyncio.Task[None]) -> None:
@@ -211,14 +218,14 @@ class BackgroundTasksExecutor(Executor):
 
         job.add_done_callback(forget)
 
-    async def _run(self, task_id: str, delay: float) -> None:
-        assert self._semaphore is not None
+    async def _run(self, task_id: str, delay: float, priority: int) -> None:
+        assert self._gate is not None
         settled = False
         try:
             if delay > 0:
                 await self._sleep(task_id, delay)
             while True:
-                async with self._semaphore:
+                async with self._gate.slot(priority):
                     self._running.add(task_id)
                     try:
                         outcome = await execute(

@@ -36,6 +36,12 @@ class Submission:
     def name(self) -> str:
         return self.spec.name
 
+    @property
+    def priority(self) -> int:
+        """The call's priority, else its spec's default (0 starts first)."""
+        chosen = self.options.priority
+        return self.spec.priority if chosen is None else chosen
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Route:
@@ -47,7 +53,8 @@ class Route:
     queue: str
     #: Seconds before the first attempt (SubmitOptions.countdown).
     countdown: float | None = None
-    #: Slot for priorities (a later issue); None while no executor supports_priority.
+    #: Written into record.priority: 0 starts first .. 9 (Submission.priority); None only in
+    #: a preview.
     priority: int | None = None
     #: The broker message the store pushes with the record (its Redis is the broker): once
     #: the record is created, the message is out and dispatch() only does bookkeeping.
@@ -85,7 +92,12 @@ class Executor:
         No network I/O (it runs inside submit). Raises ExecutorUnavailable when no executor
         may take the task now.
         """
-        return Route(executor=self.name, queue=call.spec.queue, countdown=call.options.countdown)
+        return Route(
+            executor=self.name,
+            queue=call.spec.queue,
+            countdown=call.options.countdown,
+            priority=call.priority,
+        )
 
     def route_preview(self, spec: TaskSpec) -> Route:
         """Where a task of this spec would go if submitted now, counting nothing (executor

@@ -34,7 +34,7 @@ from app.core.tasks.errors import BrokerUnavailable, StoreUnavailable
 from app.core.tasks.executors.base import Batch, Executor, Route
 from app.core.tasks.executors.wire import WireFormat, redacted_reprs, wire_problem
 from app.core.tasks.hooks import TaskHooks
-from app.core.tasks.models import TaskStatus
+from app.core.tasks.models import DEFAULT_PRIORITY, TaskStatus
 from app.core.tasks.queues import QueueRouting
 from app.core.tasks.registry import TaskRegistry
 from app.core.tasks.registry import registry as default_registry
@@ -67,9 +67,8 @@ class CeleryExecutor(Executor):
     supports_cancel_running = True
     supports_retry = True
     supports_delay = True
-    # Celery could honour one, but plan() does not fill Route.priority yet: accepting the
-    # option would silently ignore it. Flip once it does (and dispatch() passes it on).
-    supports_priority = False
+    # kombu's Redis priority lists (sub-lists Q:3, Q:6, Q:9; app.core.tasks.broker_layout).
+    supports_priority = True
     durable = True
 
     def __init__(
@@ -106,6 +105,7 @@ class CeleryExecutor(Executor):
             executor=self.name,
             queue=queue,
             countdown=countdown,
+            priority=call.priority,
             message=self.message(call, queue, countdown),
         )
 
@@ -122,7 +122,7 @@ class CeleryExecutor(Executor):
                 log.info("tasks are published with send_task, not with their records: %s", problem)
         if self._wire is None:
             return None
-        return self._wire.push(call, queue, countdown, call.spec.redaction)
+        return self._wire.push(call, queue, countdown, call.priority, call.spec.redaction)
 
     def publish_problem(self, push_url: str | None) -> str | None:
         """Why messages cannot go out with their records in a store at push_url (None: they
@@ -196,6 +196,7 @@ class CeleryExecutor(Executor):
             queue=record.queue,
             task_id=record.task_id,
             countdown=countdown,
+            priority=DEFAULT_PRIORITY if record.priority is None else record.priority,
             retry=False,
             producer=producer,
             **redacted_reprs(self.celery_app, redaction, record.args, record.kwargs),

@@ -61,8 +61,8 @@ class HybridExecutor(Executor):
     supports_cancel_running = True
     supports_retry = True
     supports_delay = True
-    # Neither plane receives a priority from dispatch() today.
-    supports_priority = False
+    # The route carries the priority to whichever plane runs the task.
+    supports_priority = True
     # A task routed in-process dies with the api process.
     durable = False
 
@@ -160,6 +160,7 @@ class HybridExecutor(Executor):
             executor=executor,
             queue=decided.queue,
             countdown=countdown,
+            priority=call.priority,
             message=(
                 self.celery.message(call, decided.queue, countdown)
                 if executor == "celery"

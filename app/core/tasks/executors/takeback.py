@@ -152,7 +152,8 @@ class DispatchDeadline:
         if moved is None:
             return False
         try:
-            await self.background.dispatch(moved, Route(executor=moved.executor, queue=moved.queue))
+            route = Route(executor=moved.executor, queue=moved.queue, priority=moved.priority)
+            await self.background.dispatch(moved, route)
         except ExecutorUnavailable as exc:
             await mark_interrupted(self.store, task_id, f"not dispatched: {exc}", self.hooks)
             return False

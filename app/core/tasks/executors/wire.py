@@ -7,15 +7,18 @@ finished message, and the store pushes it in the script that creates the PENDING
 (store/redis.py): one round trip, record and message visible together, and no message at all
 for an id that already exists.
 
-The message is the one send_task(name, args, kwargs, queue=Q, task_id=id, countdown=c) leaves in
-Redis through kombu's Redis transport:
+The message is the one send_task(name, args, kwargs, queue=Q, task_id=id, countdown=c,
+priority=p) leaves in Redis through kombu's Redis transport:
   - Celery's own as_task_v2() builds the protocol-2 headers, properties and body (eta from the
     countdown, root_id/parent_id from a worker task we may be running inside, reply_to);
   - then kombu's producer and virtual-transport steps for the anonymous direct exchange that
     send_task uses for a direct queue: the body serialized as JSON then base64-encoded,
-    delivery_mode from the queue's exchange, priority 0, delivery_info {exchange: "",
+    delivery_mode from the queue's exchange, priority p, delivery_info {exchange: "",
     routing_key: Q}, a fresh delivery_tag;
-  - LPUSH onto the list named Q (priority 0 is the base list, never a priority sub-list).
+  - LPUSH onto the list kombu picks for p: Q itself for p in 0-2, else the priority sub-list
+    Q:3, Q:6 or Q:9 (BROKER_LAYOUT, the layout celery_config hands kombu).
+tasklane always passes p, so Celery's task_default_priority (a default) and
+task_inherit_parent_priority (a setdefault) never change what send_task writes.
 As send_task does for a task the api's Celery app has not bound, time limits and ignore_result
 are left to the worker's own task; inside a worker task, the parent's result trail (read only
 by Celery's result backend) is not extended. tests/unit/test_celery_wire.py compares the result with
@@ -48,6 +51,7 @@ from kombu.entity import maybe_delivery_mode
 from kombu.utils.json import dumps as kombu_dumps
 
 from app.config import REDIS_SCHEMES
+from app.core.tasks.broker_layout import BROKER_LAYOUT, BrokerLayout
 from app.core.tasks.store import QueuePush
 
 if TYPE_CHECKING:
@@ -102,8 +106,9 @@ def wire_problem(celery_app: Celery, push_url: str | None) -> str | None:
         return "task_compression is set"
     if conf.task_send_sent_event:
         return "task_send_sent_event is on"
-    if conf.task_default_priority is not None or conf.task_inherit_parent_priority:
-        return "a default or inherited task priority is configured"
+    layout = BrokerLayout.from_transport_options(conf.broker_transport_options or {})
+    if layout != BROKER_LAYOUT:
+        return "broker_transport_options name other priority lists than tasklane's (sep, steps)"
     return None
 
 
@@ -133,11 +138,12 @@ class WireFormat:
         record: TaskResult | Submission,
         queue: str,
         countdown: float | None,
+        priority: int,
         redaction: Redaction | None = None,
     ) -> QueuePush | None:
-        """The message for the record's task on `queue`, its reprs redacted by `redaction`;
-        None when send_task must publish it (a receiver of Celery's publish signals, or a queue
-        that is not a plain direct one)."""
+        """The message for the record's task on `queue` at `priority`, its reprs redacted by
+        `redaction`; None when send_task must publish it (a receiver of Celery's publish
+        signals, or a queue that is not a plain direct one)."""
         if signals.before_task_publish.receivers or signals.after_task_publish.receivers:
             return None  # they may read or edit the message: only send_task calls them
         delivery_mode = self._delivery_mode(queue)
@@ -171,7 +177,7 @@ class WireFormat:
         properties.update(
             delivery_mode=delivery_mode,
             delivery_info={"exchange": "", "routing_key": queue},
-            priority=0,
+            priority=priority,
             body_encoding="base64",
             delivery_tag=str(uuid.uuid4()),
         )
@@ -186,7 +192,7 @@ class WireFormat:
             "headers": headers,
             "properties": properties,
         }
-        return QueuePush(key=queue, payload=_dumps(message))
+        return QueuePush(key=BROKER_LAYOUT.queue_list(queue, priority), payload=_dumps(message))
 
     def _delivery_mode(self, queue: str) -> int | None:
         if queue not in self._queues:
