@@ -4,6 +4,7 @@ FakeKubeApi serves, over real HTTP on 127.0.0.1 (stdlib http.server, one thread 
 connection), exactly the paths tasklane's code uses, with the API server's wire behaviour:
 
   GET   /apis/apps/v1/namespaces/{ns}/deployments[?fieldSelector=metadata.name=N][&watch=true]
+                                                  [?labelSelector=k=v,k2=v2] (equality terms)
   GET   /apis/apps/v1/namespaces/{ns}/deployments/{name}            PATCH (merge patch)
   GET   /apis/apps/v1/namespaces/{ns}/deployments/{name}/scale      PATCH (merge patch)
   GET   /apis/keda.sh/v1alpha1/namespaces/{ns}/scaledobjects[...]    list and watch
@@ -149,7 +150,13 @@ class FakeKubeApi:
     # -- state -----------------------------------------------------------------------------------
 
     def add_deployment(
-        self, name: str, *, replicas: int = 1, namespace: str = "default", ready: int | None = None
+        self,
+        name: str,
+        *,
+        replicas: int = 1,
+        namespace: str = "default",
+        ready: int | None = None,
+        labels: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         obj = {
             "apiVersion": "apps/v1",
@@ -162,6 +169,8 @@ class FakeKubeApi:
             },
             "status": {"replicas": replicas, "readyReplicas": replicas if ready is None else ready},
         }
+        if labels:
+            obj["metadata"]["labels"] = labels
         return self.put(DEPLOYMENTS, obj, "ADDED")
 
     def add_scaled_object(
@@ -438,11 +447,18 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _list(self, plural: str, ns: str, query: dict[str, str]) -> None:
         wanted = self._selected(query)
+        # Equality terms only ("k=v,k2=v2"): what tasklane's code sends.
+        labels = dict(
+            term.split("=", 1) for term in (query.get("labelSelector") or "").split(",") if term
+        )
         with self.fake.changed:
             items = [
                 copy.deepcopy(obj)
                 for (kind, namespace, name), obj in sorted(self.fake.objects.items())
-                if kind == plural and namespace == ns and wanted in (None, name)
+                if kind == plural
+                and namespace == ns
+                and wanted in (None, name)
+                and labels.items() <= (obj["metadata"].get("labels") or {}).items()
             ]
             version = str(self.fake.version)
         kind = "DeploymentList" if plural == DEPLOYMENTS else "ScaledObjectList"

@@ -48,6 +48,18 @@ EXIT_UNREACHABLE = 5
 #: --resume, but no ScaledObject targets the Deployment: nothing is paused.
 EXIT_NOTHING_TO_RESUME = 6
 
+#: The chart's selector labels (charts/tasklane _helpers.tpl tasklane.selectorLabels): a
+#: release's worker Deployments are found by these, whatever fullnameOverride or the length of
+#: the release name made of their names.
+INSTANCE_LABEL = "app.kubernetes.io/instance"
+COMPONENT_LABEL = "app.kubernetes.io/component"
+WORKER_COMPONENT = "worker"
+
+
+def release_worker_selector(release: str) -> str:
+    """The labelSelector matching the worker Deployment(s) of the Helm release `release`."""
+    return f"{INSTANCE_LABEL}={release},{COMPONENT_LABEL}={WORKER_COMPONENT}"
+
 
 class ScaleError(Exception):
     """`tasklane scale` cannot do what was asked; `exit_code` says which failure it is."""
@@ -123,6 +135,58 @@ class WorkerScaler:
         self.scaled_object = scaled_object or deployment
         self.timeout = (request_timeout, request_timeout)
 
+    @classmethod
+    def for_release(
+        cls,
+        api_client: ApiClient,
+        *,
+        namespace: str,
+        release: str,
+        scaled_object: str | None = None,
+        request_timeout: float = 10.0,
+    ) -> WorkerScaler:
+        """The scaler of `release`'s worker Deployment, listed by the chart's labels.
+
+        Raises ScaleError: EXIT_NOT_FOUND when no Deployment carries them, EXIT_USAGE when
+        several do (name one with --deployment).
+        """
+        scaler = cls(
+            api_client,
+            namespace=namespace,
+            deployment="",
+            scaled_object=scaled_object,
+            request_timeout=request_timeout,
+        )
+        selector = release_worker_selector(release)
+        try:
+            listed = scaler._call(
+                "list deployments",
+                scaler.apps.list_namespaced_deployment,
+                namespace,
+                label_selector=selector,
+            )
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            listed = {}
+        names = sorted(item["metadata"]["name"] for item in listed.get("items") or ())
+        if not names:
+            raise ScaleError(
+                f"no worker Deployment of release {release} in namespace {namespace} (none "
+                f"labelled {selector}): check the release name (workers exist only with "
+                "celery.enabled=true) and --namespace",
+                EXIT_NOT_FOUND,
+            )
+        if len(names) > 1:
+            raise ScaleError(
+                f"release {release} has several worker Deployments in namespace {namespace} "
+                f"({', '.join(names)}): name one with --deployment",
+                EXIT_USAGE,
+            )
+        scaler.deployment = names[0]
+        scaler.scaled_object = scaled_object or names[0]
+        return scaler
+
     def scale(self, replicas: int) -> ScaleOutcome:
         """Pause KEDA at `replicas`, or scale the Deployment to it. Raises ScaleError."""
         deployment = self.read_deployment()
@@ -188,8 +252,7 @@ class WorkerScaler:
                 raise
             raise ScaleError(
                 f"Deployment {self.deployment} not found in namespace {self.namespace}: check "
-                "the release name (the worker Deployment is <release>-tasklane-worker and exists "
-                "only with celery.enabled=true) and --namespace",
+                "the name (or give --release R to find it by the chart's labels) and --namespace",
                 EXIT_NOT_FOUND,
             ) from None
         return DeploymentState.from_json(body)
@@ -248,11 +311,13 @@ class WorkerScaler:
             {"metadata": {"annotations": annotations}},
         )
 
-    def _call(self, action: str, method: Any, *args: Any) -> dict[str, Any]:
+    def _call(self, action: str, method: Any, *args: Any, **params: Any) -> dict[str, Any]:
         """Run one API call, raw JSON back; 404 stays an ApiException for the caller to judge,
         403, other statuses and connection failures become ScaleErrors."""
         try:
-            response = method(*args, _preload_content=False, _request_timeout=self.timeout)
+            response = method(
+                *args, **params, _preload_content=False, _request_timeout=self.timeout
+            )
             try:
                 return json.loads(response.data or b"{}")
             finally:
