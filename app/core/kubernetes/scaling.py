@@ -7,20 +7,27 @@ stops autoscaling) and resumed by removing it; without one, the Deployment's sca
 patched, as `kubectl scale` does. The chart omits spec.replicas, so a later `helm upgrade` keeps
 the count either way.
 
-Every failure is a ScaleError carrying the exit status `tasklane scale` returns (EXIT_*), with a
-message that says what to do.
+Every failure is a ScaleError carrying the exit status `tasklane scale` returns (EXIT_*, shared
+with the other commands in calls.py), with a message that says what to do.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from kubernetes.client.exceptions import ApiException
-from urllib3.exceptions import HTTPError
 
-from app.core.kubernetes.client import api_message, innermost
+from app.core.kubernetes.calls import (
+    EXIT_API_ERROR,
+    EXIT_FORBIDDEN,
+    EXIT_NOT_FOUND,
+    EXIT_OK,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    ApiCaller,
+    ApiCallError,
+)
 from app.core.kubernetes.state import (
     KEDA_GROUP,
     KEDA_PLURAL,
@@ -34,17 +41,20 @@ from app.core.kubernetes.state import (
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
 
-EXIT_OK = 0
-#: The API refused the change for another reason (5xx, conflict, invalid).
-EXIT_API_ERROR = 1
-#: Bad arguments or no usable configuration (also argparse's status).
-EXIT_USAGE = 2
-#: The worker Deployment does not exist in the namespace.
-EXIT_NOT_FOUND = 3
-#: RBAC denied a read or the change (403).
-EXIT_FORBIDDEN = 4
-#: The API server cannot be reached (refused, timed out, DNS).
-EXIT_UNREACHABLE = 5
+__all__ = [
+    "EXIT_API_ERROR",
+    "EXIT_FORBIDDEN",
+    "EXIT_NOTHING_TO_RESUME",
+    "EXIT_NOT_FOUND",
+    "EXIT_OK",
+    "EXIT_UNREACHABLE",
+    "EXIT_USAGE",
+    "ScaleError",
+    "ScaleOutcome",
+    "WorkerScaler",
+    "release_worker_selector",
+]
+
 #: --resume, but no ScaledObject targets the Deployment: nothing is paused.
 EXIT_NOTHING_TO_RESUME = 6
 
@@ -61,12 +71,8 @@ def release_worker_selector(release: str) -> str:
     return f"{INSTANCE_LABEL}={release},{COMPONENT_LABEL}={WORKER_COMPONENT}"
 
 
-class ScaleError(Exception):
-    """`tasklane scale` cannot do what was asked; `exit_code` says which failure it is."""
-
-    def __init__(self, message: str, exit_code: int) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
+#: `tasklane scale` cannot do what was asked; `exit_code` says which failure it is.
+ScaleError = ApiCallError
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -129,11 +135,10 @@ class WorkerScaler:
 
         self.apps = AppsV1Api(api_client)
         self.custom = CustomObjectsApi(api_client)
-        self.host = api_client.configuration.host
         self.namespace = namespace
         self.deployment = deployment
         self.scaled_object = scaled_object or deployment
-        self.timeout = (request_timeout, request_timeout)
+        self._call = ApiCaller(api_client.configuration.host, namespace, request_timeout)
 
     @classmethod
     def for_release(
@@ -310,36 +315,3 @@ class WorkerScaler:
             name,
             {"metadata": {"annotations": annotations}},
         )
-
-    def _call(self, action: str, method: Any, *args: Any, **params: Any) -> dict[str, Any]:
-        """Run one API call, raw JSON back; 404 stays an ApiException for the caller to judge,
-        403, other statuses and connection failures become ScaleErrors."""
-        try:
-            response = method(
-                *args, **params, _preload_content=False, _request_timeout=self.timeout
-            )
-            try:
-                return json.loads(response.data or b"{}")
-            finally:
-                response.release_conn()
-        except ApiException as exc:
-            if exc.status == 404:
-                raise
-            verb, _, resource = action.partition(" ")
-            if exc.status == 403:
-                raise ScaleError(
-                    f"forbidden: your credentials may not {verb} {resource} in namespace "
-                    f"{self.namespace} (RBAC: grant {verb!r} on {resource!r}): "
-                    f"{api_message(exc.body)}",
-                    EXIT_FORBIDDEN,
-                ) from None
-            raise ScaleError(
-                f"the Kubernetes API refused to {action}: HTTP {exc.status} "
-                f"{api_message(exc.body) or exc.reason}",
-                EXIT_API_ERROR,
-            ) from None
-        except (HTTPError, OSError) as exc:
-            raise ScaleError(
-                f"cannot reach the Kubernetes API at {self.host}: {innermost(exc)}",
-                EXIT_UNREACHABLE,
-            ) from None

@@ -116,6 +116,11 @@ call like: include "tasklane.worker.fullname" .
 {{- include "tasklane.componentName" (list . "redis") -}}
 {{- end -}}
 
+{{/* The hook Job that generates the release's missing Secrets, and its ServiceAccount, Role and RoleBinding. */}}
+{{- define "tasklane.secretsJob.fullname" -}}
+{{- include "tasklane.componentName" (list . "secrets") -}}
+{{- end -}}
+
 {{/* The Grafana dashboard ConfigMap. */}}
 {{- define "tasklane.dashboard.fullname" -}}
 {{- include "tasklane.componentName" (list . "dashboard") -}}
@@ -133,6 +138,25 @@ call like: include "tasklane.worker.fullname" .
 
 {{- define "tasklane.api.tokenSecretKey" -}}
 {{- if .Values.api.existingTokenSecret -}}{{ .Values.api.existingTokenSecretKey }}{{- else -}}token{{- end -}}
+{{- end -}}
+
+{{/*
+The Secrets nobody supplied, which the hook Job (secrets-job.yaml) generates once in the
+cluster, as JSON {"<secret>": {"<key>": <length>}}: the api token unless api.token or
+api.existingTokenSecret gives it, the bundled Redis's password unless redis.auth.existingSecret
+does. "{}": nothing to generate, no Job. Keys come out sorted, so the render is stable.
+call like: include "tasklane.generatedSecrets" . | fromJson
+*/}}
+{{- define "tasklane.generatedSecrets" -}}
+{{- $secrets := dict -}}
+{{- if not (or .Values.api.token .Values.api.existingTokenSecret) -}}
+{{- $_ := set $secrets (include "tasklane.api.tokenSecretName" .) (dict (include "tasklane.api.tokenSecretKey" .) 40) -}}
+{{- end -}}
+{{- if and (include "tasklane.redis.bundled" .) (not .Values.redis.auth.existingSecret) -}}
+{{- /* Alphanumeric (as every generated value): it is spliced into redis:// URLs unescaped. */ -}}
+{{- $_ := set $secrets (include "tasklane.redis.secretName" .) (dict (include "tasklane.redis.secretKey" .) 32) -}}
+{{- end -}}
+{{- toJson $secrets -}}
 {{- end -}}
 
 {{/* ---------------------------------------------------------------------------------------
@@ -346,12 +370,18 @@ call like: include "tasklane.env" (list . "worker")
 {{- end -}}
 
 {{/*
-Pod annotations that roll the pods when their settings or secrets change.
+Pod annotations that roll the pods when their settings change. checksum/secret only when the
+user gives the token (api.token): generated values never appear in a render (the hook Job makes
+them in the cluster), so nothing random can end up in a checksum and restart pods on every
+GitOps sync.
 call like: include "tasklane.checksums" .
 */}}
 {{- define "tasklane.checksums" -}}
 checksum/config: {{ include (print .Template.BasePath "/configmap.yaml") . | sha256sum }}
-checksum/secret: {{ print (include (print .Template.BasePath "/api-token-secret.yaml") .) (include (print .Template.BasePath "/redis-secret.yaml") .) | sha256sum }}
+{{- $given := include (print .Template.BasePath "/api-token-secret.yaml") . }}
+{{- if trim $given }}
+checksum/secret: {{ $given | sha256sum }}
+{{- end }}
 {{- end -}}
 
 {{/*
