@@ -5,8 +5,8 @@ that exists is never changed (app/core/kubernetes/generated_secrets.py). The cha
 runs it before install and upgrade; it also serves anyone who applies the manifests otherwise.
 
 Each --key belongs to the --secret before it. Labels and annotations go on created Secrets;
-on existing ones only missing annotations are added. The namespace is --namespace, else
-TASKLANE_NAMESPACE, else the kubeconfig context's (or the pod's) namespace, else "default".
+on existing ones only missing annotations are added. Namespace and configuration: the rule of
+app/cli_kube.py, shared with `tasklane scale`.
 
 Exit status (app/core/kubernetes/calls.py): 0 done, 1 other API error, 2 usage or no
 configuration, 4 forbidden (RBAC), 5 API server unreachable.
@@ -19,6 +19,7 @@ import re
 import sys
 from typing import Any
 
+from app.cli_kube import add_connection_arguments, connect
 from app.cli_types import integer
 from app.config import Settings
 
@@ -62,22 +63,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--annotation", action="append", type=_pair, default=[], metavar="K=V",
         help="annotation added when missing, e.g. helm.sh/resource-policy=keep (repeatable)",
     )  # fmt: skip
-    ensure.add_argument("--namespace", "-n", default=None, help="namespace (see above)")
-    ensure.add_argument(
-        "--kubeconfig", default=None, help="kubeconfig file (default: in-cluster, else ~/.kube)"
-    )
-    ensure.add_argument(
-        "--timeout",
-        type=float,
-        default=10.0,
-        help="seconds to wait for each API answer (default 10)",
-    )
+    add_connection_arguments(ensure)
 
 
 def run(args: argparse.Namespace) -> int:
     """Ensure every Secret args name; prints one line per Secret, returns the exit status."""
     from app.core.kubernetes.calls import EXIT_USAGE, ApiCallError
-    from app.core.kubernetes.client import KubeConfigError, load_connection
+    from app.core.kubernetes.client import KubeConfigError
     from app.core.kubernetes.generated_secrets import SecretEnsurer, SecretSpec
 
     empty = [name for name, keys in args.secrets if not keys]
@@ -88,12 +80,9 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         return _fail(str(exc), EXIT_USAGE)
     try:
-        connection = load_connection(args.kubeconfig)
+        connection, namespace = connect(args, settings)
     except KubeConfigError as exc:
         return _fail(str(exc), EXIT_USAGE)
-    namespace = (
-        args.namespace or settings.namespace or connection.namespace or settings.resolved_namespace
-    )
     ensurer = SecretEnsurer(
         connection.api_client(),
         namespace=namespace,

@@ -4,11 +4,10 @@
 The Deployment is --deployment, else the one the release's chart labelled as its workers
 (`app.kubernetes.io/instance=R,app.kubernetes.io/component=worker`, listed through the API, so
 fullnameOverride and long release names need nothing more: RBAC `list deployments`), else
-TASKLANE_WORKER_DEPLOYMENT. The namespace is --namespace, else TASKLANE_NAMESPACE, else the
-kubeconfig context's (or the pod's service-account) namespace, else "default". Configuration:
---kubeconfig, else in-cluster inside a pod, else $KUBECONFIG / ~/.kube/config.
+TASKLANE_WORKER_DEPLOYMENT. Namespace and configuration: the rule of app/cli_kube.py (--namespace,
+else TASKLANE_NAMESPACE, else the kubeconfig context's or the pod's, else "default").
 
-Exit status (app/core/kubernetes/scaling.py): 0 done, 1 other API error, 2 usage or no
+Exit status (app/core/kubernetes/calls.py, scaling.py): 0 done, 1 other API error, 2 usage or no
 configuration, 3 Deployment not found, 4 forbidden (RBAC), 5 API server unreachable, 6 --resume
 with no ScaledObject.
 """
@@ -18,6 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from app.cli_kube import add_connection_arguments, connect
 from app.cli_types import integer
 from app.config import Settings
 
@@ -48,21 +48,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="KEDA ScaledObject name (default: TASKLANE_SCALED_OBJECT, else the Deployment's; "
         "any ScaledObject targeting the Deployment is found too)",
     )
-    parser.add_argument("--namespace", "-n", default=None, help="namespace (see above)")
-    parser.add_argument(
-        "--kubeconfig", default=None, help="kubeconfig file (default: in-cluster, else ~/.kube)"
-    )
-    parser.add_argument(
-        "--timeout",
-        type=float,
-        default=10.0,
-        help="seconds to wait for each API answer (default 10)",
-    )
+    add_connection_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     """Scale, pause or resume as args say; prints the outcome, returns the exit status."""
-    from app.core.kubernetes.client import KubeConfigError, load_connection
+    from app.core.kubernetes.client import KubeConfigError
     from app.core.kubernetes.scaling import EXIT_USAGE, ScaleError, WorkerScaler
 
     try:
@@ -78,12 +69,9 @@ def run(args: argparse.Namespace) -> int:
             EXIT_USAGE,
         )
     try:
-        connection = load_connection(args.kubeconfig)
+        connection, namespace = connect(args, settings)
     except KubeConfigError as exc:
         return _fail(str(exc), EXIT_USAGE)
-    namespace = (
-        args.namespace or settings.namespace or connection.namespace or settings.resolved_namespace
-    )
     scaled_object = args.scaled_object or (settings.scaled_object if from_settings else None)
     try:
         if deployment:
