@@ -8,13 +8,16 @@ tasklane status [--json] [--failures N]      (the deployment at a glance, from R
 tasklane status --worker [--hostname NAME]   (the worker pod's liveness probe)
 tasklane scale --replicas N | --resume [--release R | --deployment NAME] [--namespace NS]
                [--kubeconfig PATH]
+tasklane secrets ensure --secret NAME --key KEY:LENGTH [...] [--namespace NS]
+                        (create missing Secrets/keys; the chart's hook Job runs it)
 
 worker and beat exec `celery -A app.workers.celery_app worker|beat ...` (the guide's commands):
 exec, not a child process, so Celery is PID 1 in a container and receives SIGTERM itself for
 its warm shutdown. serve and worker prepare PROMETHEUS_MULTIPROC_DIR first (wiped, or created
 when several processes will write and it is unset), so one endpoint per pod counts every
 process (app/core/metrics_dir.py). `status --worker` is the worker pod's liveness probe.
-The logic of `status` (report) and `scale` lives in app/status.py and app/scale.py.
+The logic of `status` (report), `scale` and `secrets` lives in app/status.py, app/scale.py and
+app/ensure_secrets.py.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from app import ensure_secrets as secrets_command
 from app import scale as scale_command
 from app.cli_types import integer
 from app.config import Settings
@@ -132,6 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
         "not found, 4 forbidden, 5 unreachable, 6 --resume without a ScaledObject.",
     )
     scale_command.add_arguments(scale)
+
+    secrets = commands.add_parser(
+        "secrets",
+        help="create the Secrets a release needs, once (never rotates a value)",
+        description="Secrets generated in the cluster instead of in rendered manifests.",
+    )
+    secrets_command.add_arguments(secrets)
     return parser
 
 
@@ -161,6 +172,8 @@ def main(argv: list[str] | None = None, *, exec_function: ExecFunction = os.exec
         return status(args)
     if args.command == "scale":
         return scale_command.run(args)
+    if args.command == "secrets":
+        return secrets_command.run(args)
     raise AssertionError(f"unhandled command {args.command!r}")  # argparse refuses the rest
 
 

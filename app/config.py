@@ -113,6 +113,12 @@ class Settings(BaseSettings):
     #: Seconds before the broker hands an unacknowledged task (its worker died) to another
     #: worker. None: twice the longest registered task timeout, at least one hour.
     visibility_timeout: int | None = Field(default=None, ge=1)
+    #: Seconds Celery's hard time limit allows beyond a task's own timeout. execute() enforces
+    #: the timeout itself; the hard limit only fires when a body blocks its event loop, and
+    #: kills the pool child (the main process then settles the record, see app.workers.base).
+    #: The chart passes its own value (tasklane.worker.timeLimitMarginSeconds), from which it
+    #: also sizes the worker's termination grace period; this default is for runs without it.
+    time_limit_margin: float = Field(default=30.0, ge=0)
 
     #: Port of the Celery worker's own /metrics endpoint (its main process serves every pool
     #: child's samples from PROMETHEUS_MULTIPROC_DIR); 0 turns it off.

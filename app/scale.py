@@ -1,12 +1,13 @@
 """`tasklane scale --replicas N | --resume [--release R | --deployment NAME] [--namespace NS]
 [--kubeconfig PATH] [--timeout S]`: set the worker pool's size from a laptop or a pod.
 
-The Deployment is --deployment, else `<release>-tasklane-worker` (the chart's name), else
-TASKLANE_WORKER_DEPLOYMENT. The namespace is --namespace, else TASKLANE_NAMESPACE, else the
-kubeconfig context's (or the pod's service-account) namespace, else "default". Configuration:
---kubeconfig, else in-cluster inside a pod, else $KUBECONFIG / ~/.kube/config.
+The Deployment is --deployment, else the one the release's chart labelled as its workers
+(`app.kubernetes.io/instance=R,app.kubernetes.io/component=worker`, listed through the API, so
+fullnameOverride and long release names need nothing more: RBAC `list deployments`), else
+TASKLANE_WORKER_DEPLOYMENT. Namespace and configuration: the rule of app/cli_kube.py (--namespace,
+else TASKLANE_NAMESPACE, else the kubeconfig context's or the pod's, else "default").
 
-Exit status (app/core/kubernetes/scaling.py): 0 done, 1 other API error, 2 usage or no
+Exit status (app/core/kubernetes/calls.py, scaling.py): 0 done, 1 other API error, 2 usage or no
 configuration, 3 Deployment not found, 4 forbidden (RBAC), 5 API server unreachable, 6 --resume
 with no ScaledObject.
 """
@@ -16,11 +17,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from app.cli_kube import add_connection_arguments, connect
 from app.cli_types import integer
 from app.config import Settings
-
-#: The chart names the worker Deployment after the release (charts/tasklane _helpers.tpl).
-WORKER_DEPLOYMENT = "{release}-tasklane-worker"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,7 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="remove KEDA's pause annotation: autoscaling takes over again",
     )
     target = parser.add_mutually_exclusive_group()
-    target.add_argument("--release", help="Helm release: scales <release>-tasklane-worker")
+    target.add_argument(
+        "--release", help="Helm release: scales the Deployment its chart labels as the workers"
+    )
     target.add_argument(
         "--deployment", help="worker Deployment name (default: TASKLANE_WORKER_DEPLOYMENT)"
     )
@@ -47,21 +48,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="KEDA ScaledObject name (default: TASKLANE_SCALED_OBJECT, else the Deployment's; "
         "any ScaledObject targeting the Deployment is found too)",
     )
-    parser.add_argument("--namespace", "-n", default=None, help="namespace (see above)")
-    parser.add_argument(
-        "--kubeconfig", default=None, help="kubeconfig file (default: in-cluster, else ~/.kube)"
-    )
-    parser.add_argument(
-        "--timeout",
-        type=float,
-        default=10.0,
-        help="seconds to wait for each API answer (default 10)",
-    )
+    add_connection_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     """Scale, pause or resume as args say; prints the outcome, returns the exit status."""
-    from app.core.kubernetes.client import KubeConfigError, load_connection
+    from app.core.kubernetes.client import KubeConfigError
     from app.core.kubernetes.scaling import EXIT_USAGE, ScaleError, WorkerScaler
 
     try:
@@ -69,33 +61,35 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         return _fail(str(exc), EXIT_USAGE)
     from_settings = not (args.deployment or args.release)
-    deployment = (
-        args.deployment
-        or (WORKER_DEPLOYMENT.format(release=args.release) if args.release else None)
-        or settings.worker_deployment
-    )
-    if not deployment:
+    deployment = args.deployment or (None if args.release else settings.worker_deployment)
+    if not (deployment or args.release):
         return _fail(
-            "name the worker Deployment: --release R (scales R-tasklane-worker), "
+            "name the worker Deployment: --release R (found by the chart's labels), "
             "--deployment NAME, or TASKLANE_WORKER_DEPLOYMENT",
             EXIT_USAGE,
         )
     try:
-        connection = load_connection(args.kubeconfig)
+        connection, namespace = connect(args, settings)
     except KubeConfigError as exc:
         return _fail(str(exc), EXIT_USAGE)
-    namespace = (
-        args.namespace or settings.namespace or connection.namespace or settings.resolved_namespace
-    )
     scaled_object = args.scaled_object or (settings.scaled_object if from_settings else None)
-    scaler = WorkerScaler(
-        connection.api_client(),
-        namespace=namespace,
-        deployment=deployment,
-        scaled_object=scaled_object,
-        request_timeout=args.timeout,
-    )
     try:
+        if deployment:
+            scaler = WorkerScaler(
+                connection.api_client(),
+                namespace=namespace,
+                deployment=deployment,
+                scaled_object=scaled_object,
+                request_timeout=args.timeout,
+            )
+        else:
+            scaler = WorkerScaler.for_release(
+                connection.api_client(),
+                namespace=namespace,
+                release=args.release,
+                scaled_object=scaled_object,
+                request_timeout=args.timeout,
+            )
         outcome = scaler.resume() if args.resume else scaler.scale(args.replicas)
     except ScaleError as exc:
         return _fail(str(exc), exc.exit_code)

@@ -27,10 +27,6 @@ from app.workers import broker
 from app.workers.heartbeat import Heartbeat
 from app.workers.metrics_endpoint import MetricsEndpoint
 
-#: Seconds Celery's hard time limit allows beyond a task's own timeout. execute() enforces the
-#: timeout itself; the hard limit only fires when a body blocks its event loop, and kills the
-#: pool child (the main process then settles the record, see app.workers.base).
-TIME_LIMIT_MARGIN = 30.0
 #: Lower bound for the broker's visibility timeout when TASKLANE_VISIBILITY_TIMEOUT is unset.
 MIN_VISIBILITY_TIMEOUT = 3600
 #: kombu's Redis transport replies to BRPOP within this many seconds (its brpop_timeout).
@@ -48,15 +44,14 @@ def visibility_timeout(settings: Settings, registry: TaskRegistry = default_regi
     the longest registered task timeout (with the hard-limit margin), at least one hour."""
     if settings.visibility_timeout is not None:
         return settings.visibility_timeout
-    longest = max(
-        (spec.timeout + TIME_LIMIT_MARGIN for spec in registry if spec.timeout), default=0
-    )
+    longest = max((time_limit(spec, settings) or 0 for spec in registry), default=0)
     return max(MIN_VISIBILITY_TIMEOUT, int(2 * longest) + 1)
 
 
-def time_limit(spec: TaskSpec) -> float | None:
-    """Celery's hard time limit for the spec: its timeout plus TIME_LIMIT_MARGIN, or none."""
-    return None if spec.timeout is None else spec.timeout + TIME_LIMIT_MARGIN
+def time_limit(spec: TaskSpec, settings: Settings) -> float | None:
+    """Celery's hard time limit for the spec: its timeout plus TASKLANE_TIME_LIMIT_MARGIN, or
+    none."""
+    return None if spec.timeout is None else spec.timeout + settings.time_limit_margin
 
 
 def task_routes(settings: Settings, registry: TaskRegistry = default_registry) -> dict[str, Any]:

@@ -208,7 +208,7 @@ def _still_running(record: TaskResult, spec: TaskSpec, rt: Runtime) -> bool:
         return False
     # Celery's hard time limit would have ended it by now, whatever the keys still say (a
     # worker that lost Redis mid-task could not remove its active entry).
-    limit = time_limit(spec)
+    limit = time_limit(spec, rt.settings)
     started = record.started_at
     if limit is not None and started is not None and (utcnow() - started).total_seconds() > limit:
         return False

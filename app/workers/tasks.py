@@ -39,7 +39,7 @@ def bind(spec: TaskSpec) -> TasklaneTask:
         max_retries=None,
         acks_late=True,
         reject_on_worker_lost=True,
-        time_limit=time_limit(spec),
+        time_limit=time_limit(spec, celery_app.tasklane_settings),
         lazy=False,  # the task object itself, not a proxy: importers get what Celery runs
     )(body)
     bound[spec.name] = task

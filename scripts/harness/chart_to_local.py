@@ -18,8 +18,10 @@ image, as in a container. Environment resolution then follows the kubelet: `envF
 (ConfigMaps, Secrets, with prefixes) first, then `env` in order, each `value` expanding
 `$(NAME)` of variables defined before it (`$$` escapes); `valueFrom` reads the rendered
 ConfigMap/Secret, or fieldRef. `command` and `args` are expanded with the final environment.
-A command the image does not have, a ConfigMap or Secret the chart does not render, or an
-environment variable nobody reads fails the caller.
+A Secret the chart does not render (its hook Job generates it in the cluster) is read from
+`live_secrets`, the caller's stand-in for the cluster's Secrets, after the caller ran that Job.
+A command the image does not have, a ConfigMap or Secret that exists nowhere, or an environment
+variable nobody reads fails the caller.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -189,10 +191,20 @@ class LocalContainer:
 class Cluster:
     """The rendered objects plus the rewriting rules for one local 'cluster'."""
 
-    def __init__(self, objects: list[Manifest], *, namespace: str, workdir: Path) -> None:
+    def __init__(
+        self,
+        objects: list[Manifest],
+        *,
+        namespace: str,
+        workdir: Path,
+        live_secrets: Callable[[str], Mapping[str, str] | None] | None = None,
+    ) -> None:
         self.objects = objects
         self.namespace = namespace
         self.workdir = workdir
+        #: Secrets that exist in the 'cluster' without being rendered (name -> decoded data,
+        #: None when absent): what the chart's secrets hook Job created.
+        self.live_secrets = live_secrets
         #: Service name -> {service port -> local port}; filled by bind_service().
         self.services: dict[str, dict[int, int]] = {}
 
@@ -346,7 +358,12 @@ class Cluster:
     def _secret(self, name: str) -> dict[str, str]:
         found = find(self.objects, "Secret", name)
         if not found:
-            raise ChartToLocalError(f"the chart renders no Secret {name!r}")
+            live = self.live_secrets(name) if self.live_secrets is not None else None
+            if live is None:
+                raise ChartToLocalError(
+                    f"the chart renders no Secret {name!r} and none exists in the cluster"
+                )
+            return dict(live)
         secret = found[0]
         data = {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
         data.update({k: str(v) for k, v in (secret.get("stringData") or {}).items()})

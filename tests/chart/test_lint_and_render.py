@@ -10,10 +10,12 @@ from pathlib import Path
 import jsonschema
 import kubernetes_validate
 import pytest
+import yaml
 
 from tests.chart.conftest import CI_VALUES_FILES
 from tests.chart.helpers import (
     CHART_DIR,
+    KUBERNETES_VERSION,
     SCALED_KEDA,
     UnknownKindError,
     get,
@@ -24,11 +26,13 @@ from tests.chart.helpers import (
 
 #: What each ci/ file must render: a file that silently stops rendering a kind (a gate gone
 #: wrong) fails here rather than passing validation with fewer objects.
+#: The secrets hook Job (with its Role and RoleBinding) replaces the rendered Secrets wherever
+#: a Secret is generated; scaled-external-redis supplies both (api.token, existingSecret).
+HOOK_KINDS = {"Job", "Role", "RoleBinding"}
 EXPECTED_KINDS: dict[str, set[str]] = {
-    "single": {"ServiceAccount", "Secret", "ConfigMap", "Service", "Deployment"},
+    "single": {"ServiceAccount", "ConfigMap", "Service", "Deployment", *HOOK_KINDS},
     "single-redis": {
         "ServiceAccount",
-        "Secret",
         "ConfigMap",
         "Service",
         "Deployment",
@@ -36,10 +40,10 @@ EXPECTED_KINDS: dict[str, set[str]] = {
         "Ingress",
         "PodDisruptionBudget",
         "NetworkPolicy",
+        *HOOK_KINDS,
     },
     "scaled-keda": {
         "ServiceAccount",
-        "Secret",
         "ConfigMap",
         "Service",
         "Deployment",
@@ -48,20 +52,17 @@ EXPECTED_KINDS: dict[str, set[str]] = {
         "NetworkPolicy",
         "ScaledObject",
         "TriggerAuthentication",
-        "Role",
-        "RoleBinding",
+        *HOOK_KINDS,
     },
     "scaled-hpa": {
         "ServiceAccount",
-        "Secret",
         "ConfigMap",
         "Service",
         "Deployment",
         "StatefulSet",
         "PodDisruptionBudget",
         "HorizontalPodAutoscaler",
-        "Role",
-        "RoleBinding",
+        *HOOK_KINDS,
     },
     "scaled-external-redis": {
         "ServiceAccount",
@@ -74,7 +75,6 @@ EXPECTED_KINDS: dict[str, set[str]] = {
     },
     "monitoring": {
         "ServiceAccount",
-        "Secret",
         "ConfigMap",
         "Service",
         "Deployment",
@@ -85,8 +85,7 @@ EXPECTED_KINDS: dict[str, set[str]] = {
         "ServiceMonitor",
         "PodMonitor",
         "PrometheusRule",
-        "Role",
-        "RoleBinding",
+        *HOOK_KINDS,
     },
 }
 
@@ -111,6 +110,30 @@ def test_helm_lint_strict_passes(values_file: Path | None) -> None:
 def test_ci_file_renders_expected_kinds(ci_values_file: Path, ci_manifests: list[dict]) -> None:
     """Each file renders exactly its mode's kinds (render_chart has validated every object)."""
     assert {m["kind"] for m in ci_manifests} == EXPECTED_KINDS[ci_values_file.stem]
+
+
+def _template(values_file: Path, *extra: str) -> str:
+    return run_helm(
+        "template", "tl", str(CHART_DIR), "--kube-version", KUBERNETES_VERSION,
+        "--values", str(values_file), *extra,
+    )  # fmt: skip
+
+
+def test_ci_file_renders_the_same_bytes_twice(ci_values_file: Path) -> None:
+    """Argo CD renders with `helm template` on every sync: a value that changed between two
+    renders (a generated password, a checksum of one) would restart every pod and rotate the
+    password under running workers. Nothing random is rendered; the hook Job generates it."""
+    assert _template(ci_values_file) == _template(ci_values_file)
+
+
+def test_no_hooks_renders_every_object_but_the_hooks(ci_values_file: Path) -> None:
+    """`helm install --no-hooks` still installs the whole release: hooks only add the secrets
+    Job and its RBAC (whoever skips them supplies existing Secrets)."""
+    with_hooks = [doc for doc in yaml.safe_load_all(_template(ci_values_file)) if doc]
+    without = [doc for doc in yaml.safe_load_all(_template(ci_values_file, "--no-hooks")) if doc]
+    hooks = [doc for doc in with_hooks if "helm.sh/hook" in doc["metadata"].get("annotations", {})]
+    assert without == [doc for doc in with_hooks if doc not in hooks]
+    assert {doc["metadata"]["name"] for doc in hooks} <= {"tl-tasklane-secrets"}
 
 
 def test_ci_objects_have_unique_names(ci_manifests: list[dict]) -> None:

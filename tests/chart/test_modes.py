@@ -36,10 +36,14 @@ class TestSingleMode:
     def test_renders_only_the_api_and_its_settings(self) -> None:
         assert _names(render_chart()) == {
             "ServiceAccount/tl-tasklane",
-            "Secret/tl-tasklane-api-token",
             "ConfigMap/tl-tasklane-config",
             "Service/tl-tasklane-api",
             "Deployment/tl-tasklane-api",
+            # The hook that generates the api token in the cluster (tests/chart/test_secrets.py).
+            "Job/tl-tasklane-secrets",
+            "ServiceAccount/tl-tasklane-secrets",
+            "Role/tl-tasklane-secrets",
+            "RoleBinding/tl-tasklane-secrets",
         }
 
     def test_keda_in_the_cluster_adds_nothing_without_celery(self) -> None:
@@ -109,7 +113,6 @@ class TestScaledMode:
             "StatefulSet/tl-tasklane-redis",
             "Service/tl-tasklane-redis",
             "Service/tl-tasklane-redis-headless",
-            "Secret/tl-tasklane-redis-auth",
             "ScaledObject/tl-tasklane-worker",
             "TriggerAuthentication/tl-tasklane-redis",
             "Role/tl-tasklane-api",

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
-from tests.chart.helpers import SCALED_KEDA, Manifest, render_chart
+from tests.chart.helpers import CHART_DIR, SCALED_KEDA, Manifest, render_chart
 
 STANDARD_LABELS = {
     "helm.sh/chart",
@@ -57,3 +60,37 @@ def test_selectors_are_the_stable_subset_of_pod_labels(kind: str) -> None:
             "app.kubernetes.io/component",
         }
         assert selector.items() <= workload["spec"]["template"]["metadata"]["labels"].items()
+
+
+#: An object name built in a template instead of by a name helper: "{{ $fullname }}-worker",
+#: '{{ include "tasklane.fullname" . }}-api', or printf "%s-..." around the fullname.
+INLINE_NAME = re.compile(
+    r"(\$\w*|\"tasklane\.[\w.]+\" [.$]\w*) \}\}-[a-z]|printf \"%s-[a-z\"%].*tasklane\.fullname"
+)
+
+
+@pytest.mark.parametrize(
+    "template",
+    sorted(p for p in (CHART_DIR / "templates").iterdir() if p.name != "_helpers.tpl"),
+    ids=lambda p: p.name,
+)
+def test_templates_take_every_name_from_a_helper(template: Path) -> None:
+    """Names live in _helpers.tpl only (tasklane.worker.fullname, ...), so a renamed object
+    cannot leave a stale copy in another template, NOTES.txt or the api's env."""
+    inline = [
+        f"{template.name}:{number}: {line.strip()}"
+        for number, line in enumerate(template.read_text().splitlines(), 1)
+        if INLINE_NAME.search(line)
+    ]
+    assert not inline, "\n".join(inline)
+
+
+def test_inline_name_pattern_catches_the_old_spellings() -> None:
+    for line in (
+        "  name: {{ $fullname }}-worker",
+        '  name: {{ include "tasklane.fullname" . }}-api',
+        '{{- $service := printf "%s-api" (include "tasklane.fullname" .) -}}',
+    ):
+        assert INLINE_NAME.search(line), line
+    assert not INLINE_NAME.search('  name: {{ include "tasklane.worker.fullname" . }}')
+    assert not INLINE_NAME.search("get deploy {{ $w }} {{ end }}-w")

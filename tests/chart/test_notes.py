@@ -41,3 +41,11 @@ def test_hpa_mode_names_the_hpa() -> None:
         }
     }
     assert "kubectl -n default get hpa tl-tasklane-worker" in render_notes(values)
+
+
+def test_generated_secrets_are_named_with_their_cleanup() -> None:
+    notes = render_notes(SCALED)
+    assert "generated tl-tasklane-api-token, tl-tasklane-redis-auth once" in notes
+    assert "kubectl -n default delete secret tl-tasklane-api-token tl-tasklane-redis-auth" in notes
+    given = render_notes({"api": {"token": "t" * 40}})
+    assert "delete secret" not in given

@@ -54,8 +54,8 @@ def test_only_the_api_pod_mounts_a_token_and_it_knows_which_deployment_to_watch(
 def test_single_mode_and_rbac_off_render_no_role_and_no_token() -> None:
     for values in ({}, {**SCALED, "rbac": {"create": False}}):
         manifests = render_chart(values)
-        assert not find(manifests, "Role")
-        assert not find(manifests, "RoleBinding")
+        assert not find(manifests, "Role", API)
+        assert not find(manifests, "RoleBinding", API)
         api = get(manifests, "Deployment", API)
         assert pod_spec(api)["automountServiceAccountToken"] is False
         assert "TASKLANE_WORKER_DEPLOYMENT" not in env_map(container(api, "api"))

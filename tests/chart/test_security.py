@@ -9,7 +9,7 @@ import pytest
 
 from tests.chart.helpers import KEDA_API, Manifest, containers, get, render_chart
 
-WORKLOAD_KINDS = {"Deployment", "StatefulSet"}
+WORKLOAD_KINDS = {"Deployment", "StatefulSet", "Job"}
 
 
 def _effective(pod: dict[str, Any], spec: dict[str, Any], field: str) -> Any:
@@ -24,9 +24,13 @@ def test_every_container_runs_as_non_root_with_a_read_only_root(
     assert workloads
     for workload in workloads:
         pod = workload["spec"]["template"]["spec"]
-        # Only the api talks to the Kubernetes API (its watch, tests/chart/test_rbac.py).
-        expect_token = workload["metadata"]["name"].endswith("-api") and any(
-            m["kind"] == "Role" for m in ci_manifests
+        # Only the api (its watch, tests/chart/test_rbac.py) and the secrets hook Job talk to
+        # the Kubernetes API.
+        expect_token = workload["kind"] == "Job" or (
+            workload["metadata"]["name"].endswith("-api")
+            and any(
+                m["kind"] == "Role" and m["metadata"]["name"].endswith("-api") for m in ci_manifests
+            )
         )
         assert pod["automountServiceAccountToken"] is expect_token
         for spec in containers(workload):

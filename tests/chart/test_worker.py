@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from app.config import Settings
 from tests.chart.helpers import (
     KEDA_API,
     SCALED,
@@ -104,6 +105,25 @@ def test_grace_period_outlasts_the_longest_task(timeout: int, expected: int) -> 
     grace = _worker(values)["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
     assert grace == expected
     assert grace >= timeout + 30
+
+
+def test_the_chart_passes_the_apps_hard_limit_margin_and_sizes_the_grace_from_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One number for Celery's hard-limit margin: the chart hands its own to the workers
+    (TASKLANE_TIME_LIMIT_MARGIN), it equals the app's default, and the grace period and the
+    render-time check are computed from it."""
+    manifests = render_chart(SCALED)
+    passed = get(manifests, "ConfigMap", "tl-tasklane-config")["data"]["TASKLANE_TIME_LIMIT_MARGIN"]
+    margin = int(passed)
+    assert margin == Settings.model_fields["time_limit_margin"].default
+    monkeypatch.setenv("TASKLANE_TIME_LIMIT_MARGIN", str(margin + 7))
+    assert Settings().time_limit_margin == margin + 7  # the workers read the variable
+    grace = get(manifests, "Deployment", WORKER)["spec"]["template"]["spec"]
+    assert grace["terminationGracePeriodSeconds"] == 300 + margin + 30
+    message = render_error(_worker_values(terminationGracePeriodSeconds=300 + margin - 1))
+    assert f"at least {300 + margin} s" in message
+    assert f"Celery's {margin} s hard-limit margin" in message
 
 
 def test_explicit_grace_period_is_used() -> None:

@@ -1,11 +1,14 @@
 """chart-to-local (DESIGN.md §6, issue 5): the chart's rendered containers, run here.
 
-For single and scaled mode, `helm template` renders the chart; every container's own command,
-args and env (resolved like the kubelet, rewritten only as scripts/harness/chart_to_local.py
-lists) start as local processes — in scaled mode the chart's own Redis container too, on
-Debian's redis-server with the rendered password — and then: the probes the chart declares
-pass, and a task submitted over HTTP completes where the mode says (in the api in single
-mode, on the Celery worker in scaled mode).
+For single and scaled mode, `helm template` renders the chart; first its secrets hook Job runs,
+as Helm runs it before install and upgrade, against tests.support.kube_api's stand-in API server
+(a kubeconfig replaces the pod's service account): it creates the api token and the Redis
+password there. Then every container's own command, args and env (resolved like the kubelet,
+Secrets read from that stand-in, rewritten only as scripts/harness/chart_to_local.py lists)
+start as local processes — in scaled mode the chart's own Redis container too, on Debian's
+redis-server with the generated password — and then: the probes the chart declares pass, and a
+task submitted over HTTP completes where the mode says (in the api in single mode, on the
+Celery worker in scaled mode).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from scripts.harness.chart_to_local import (
     settings_env_names,
 )
 from scripts.harness.processes import clean_environment, wait_for_port
+from tests.support.kube_api import FakeKubeApi
 
 pytestmark = pytest.mark.integration
 
@@ -85,6 +89,40 @@ def pods(tmp_path: Path) -> Iterator[LocalPods]:
         yield started
     finally:
         started.stop()
+
+
+@pytest.fixture
+def kube() -> Iterator[FakeKubeApi]:
+    """The cluster's API server, for the Secrets the hook Job creates and the pods read."""
+    with FakeKubeApi() as api:
+        yield api
+
+
+def local_cluster(objects: list[dict[str, Any]], kube: FakeKubeApi, tmp_path: Path) -> Cluster:
+    return Cluster(
+        objects,
+        namespace=NAMESPACE,
+        workdir=tmp_path,
+        live_secrets=lambda name: kube.secret_data(name, NAMESPACE),
+    )
+
+
+def run_secrets_hook(cluster: Cluster, kube: FakeKubeApi, tmp_path: Path) -> None:
+    """What Helm does before install and before every upgrade: run the rendered hook Job to
+    completion. Its in-cluster configuration is a kubeconfig for the stand-in API server."""
+    (job,) = find(cluster.objects, "Job")
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
+    container = cluster.container("Job", job["metadata"]["name"], "secrets")
+    kubeconfig = kube.write_kubeconfig(tmp_path, namespace=NAMESPACE)
+    done = subprocess.run(
+        container.argv,
+        env={**clean_environment(), **container.env, "KUBECONFIG": str(kubeconfig)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
 
 
 def assert_env_is_read(cluster: Cluster, container: LocalContainer, extra: set[str]) -> None:
@@ -170,9 +208,12 @@ def submit_and_wait(
         time.sleep(0.2)
 
 
-def test_single_mode_api_runs_from_its_rendered_container(pods: LocalPods, tmp_path: Path) -> None:
+def test_single_mode_api_runs_from_its_rendered_container(
+    pods: LocalPods, kube: FakeKubeApi, tmp_path: Path
+) -> None:
     objects = render({}, release=RELEASE, namespace=NAMESPACE, workdir=tmp_path)
-    cluster = Cluster(objects, namespace=NAMESPACE, workdir=tmp_path)
+    cluster = local_cluster(objects, kube, tmp_path)
+    run_secrets_hook(cluster, kube, tmp_path)
     workloads = {obj["metadata"]["name"] for obj in find(objects, "Deployment")}
     assert workloads == {f"{FULLNAME}-api"}
     assert not find(objects, "StatefulSet")
@@ -200,13 +241,17 @@ def test_single_mode_api_runs_from_its_rendered_container(pods: LocalPods, tmp_p
 
 
 def test_scaled_mode_runs_redis_api_worker_and_beat_from_their_rendered_containers(
-    pods: LocalPods, tmp_path: Path
+    pods: LocalPods, kube: FakeKubeApi, tmp_path: Path
 ) -> None:
     values = {
         "celery": {"enabled": True, "worker": {"autoscaling": {"keda": {"force": True}}}},
     }
     objects = render(values, release=RELEASE, namespace=NAMESPACE, workdir=tmp_path)
-    cluster = Cluster(objects, namespace=NAMESPACE, workdir=tmp_path)
+    cluster = local_cluster(objects, kube, tmp_path)
+    run_secrets_hook(cluster, kube, tmp_path)
+    password = kube.secret_data(f"{FULLNAME}-redis-auth", NAMESPACE)
+    run_secrets_hook(cluster, kube, tmp_path)  # the next upgrade's run rotates nothing
+    assert kube.secret_data(f"{FULLNAME}-redis-auth", NAMESPACE) == password
     keda_names = keda_env_names(cluster)
 
     # The chart's own Redis container, on Debian's redis-server (its port rewritten).
@@ -226,7 +271,7 @@ def test_scaled_mode_runs_redis_api_worker_and_beat_from_their_rendered_containe
         assert_env_is_read(cluster, container, keda_names)
     assert api.env["TASKLANE_EXECUTOR"] == "hybrid"
     assert api.env["TASKLANE_STORE"] == "redis"
-    # The rendered password reached the URLs (and Redis requires it).
+    # The generated password reached the URLs (and Redis requires it).
     assert "127.0.0.1" in api.env["REDIS_URL"]
     assert f"{FULLNAME}-redis" not in api.env["REDIS_URL"]
 

@@ -4,10 +4,14 @@ FakeKubeApi serves, over real HTTP on 127.0.0.1 (stdlib http.server, one thread 
 connection), exactly the paths tasklane's code uses, with the API server's wire behaviour:
 
   GET   /apis/apps/v1/namespaces/{ns}/deployments[?fieldSelector=metadata.name=N][&watch=true]
+                                                  [?labelSelector=k=v,k2=v2] (equality terms)
   GET   /apis/apps/v1/namespaces/{ns}/deployments/{name}            PATCH (merge patch)
   GET   /apis/apps/v1/namespaces/{ns}/deployments/{name}/scale      PATCH (merge patch)
   GET   /apis/keda.sh/v1alpha1/namespaces/{ns}/scaledobjects[...]    list and watch
   GET   /apis/keda.sh/v1alpha1/namespaces/{ns}/scaledobjects/{name} PATCH (merge patch)
+  GET   /api/v1/namespaces/{ns}/secrets[/{name}]   POST (create: 201, or 409 AlreadyExists)
+                                                    PATCH (merge patch; a stale
+                                                    metadata.resourceVersion answers 409)
 
 State is in memory with one resourceVersion counter; every change is kept in a history, so a
 watch started from a resourceVersion replays what came after it, and a watch from a version
@@ -25,6 +29,7 @@ matching requests answer 403/404/500 with the API's Status body, or hang up (HAN
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 import re
@@ -42,10 +47,16 @@ from urllib.parse import parse_qs, urlsplit
 HANG_UP = 0
 DEPLOYMENTS = "deployments"
 SCALED_OBJECTS = "scaledobjects"
+SECRETS = "secrets"
 _PATH = re.compile(
-    r"^/apis/(?P<group>apps/v1|keda\.sh/v1alpha1)/namespaces/(?P<ns>[^/]+)/"
-    r"(?P<plural>deployments|scaledobjects)(?:/(?P<name>[^/]+)(?P<scale>/scale)?)?$"
+    r"^/(?:apis/(?P<group>apps/v1|keda\.sh/v1alpha1)|api/v1)/namespaces/(?P<ns>[^/]+)/"
+    r"(?P<plural>deployments|scaledobjects|secrets)(?:/(?P<name>[^/]+)(?P<scale>/scale)?)?$"
 )
+_LIST_KINDS = {
+    DEPLOYMENTS: "DeploymentList",
+    SCALED_OBJECTS: "ScaledObjectList",
+    SECRETS: "SecretList",
+}
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
@@ -149,7 +160,13 @@ class FakeKubeApi:
     # -- state -----------------------------------------------------------------------------------
 
     def add_deployment(
-        self, name: str, *, replicas: int = 1, namespace: str = "default", ready: int | None = None
+        self,
+        name: str,
+        *,
+        replicas: int = 1,
+        namespace: str = "default",
+        ready: int | None = None,
+        labels: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         obj = {
             "apiVersion": "apps/v1",
@@ -162,6 +179,8 @@ class FakeKubeApi:
             },
             "status": {"replicas": replicas, "readyReplicas": replicas if ready is None else ready},
         }
+        if labels:
+            obj["metadata"]["labels"] = labels
         return self.put(DEPLOYMENTS, obj, "ADDED")
 
     def add_scaled_object(
@@ -186,6 +205,31 @@ class FakeKubeApi:
             "spec": spec,
         }
         return self.put(SCALED_OBJECTS, obj, "ADDED")
+
+    def add_secret(
+        self,
+        name: str,
+        data: dict[str, str],
+        *,
+        namespace: str = "default",
+        annotations: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """A Secret holding `data` (plain text here, base64 on the wire as the API keeps it)."""
+        obj = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": name, "namespace": namespace, "annotations": annotations or {}},
+            "type": "Opaque",
+            "data": {key: base64.b64encode(value.encode()).decode() for key, value in data.items()},
+        }
+        return self.put(SECRETS, obj, "ADDED")
+
+    def secret_data(self, name: str, namespace: str = "default") -> dict[str, str] | None:
+        """A Secret's data decoded to plain text (None: no such Secret)."""
+        obj = self.get(SECRETS, name, namespace)
+        if obj is None:
+            return None
+        return {key: base64.b64decode(v).decode() for key, v in (obj.get("data") or {}).items()}
 
     def get(self, plural: str, name: str, namespace: str = "default") -> dict[str, Any] | None:
         with self.changed:
@@ -326,7 +370,14 @@ def kubeconfig(server: str, namespace: str = "default") -> str:
 
 
 def status_body(code: int, message: str) -> dict[str, Any]:
-    reasons = {403: "Forbidden", 404: "NotFound", 410: "Expired", 500: "InternalError"}
+    reasons = {
+        403: "Forbidden",
+        404: "NotFound",
+        405: "MethodNotAllowed",
+        409: "Conflict",
+        410: "Expired",
+        500: "InternalError",
+    }
     return {
         "kind": "Status",
         "apiVersion": "v1",
@@ -411,6 +462,27 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._reply(200, obj)
 
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length)
+        routed = self._route("POST")
+        if routed is None:
+            return
+        match, _ = routed
+        plural, ns = match["plural"], match["ns"]
+        if match["name"] is not None:
+            self._error(405, "the server does not allow this method on the requested resource")
+            return
+        obj = json.loads(raw or b"{}")
+        meta = obj.setdefault("metadata", {})
+        meta["namespace"] = ns
+        with self.fake.changed:
+            if self.fake.get(plural, meta.get("name", ""), ns) is not None:
+                self._error(409, f'{plural} "{meta.get("name")}" already exists')
+                return
+            created = self.fake.put(plural, obj, "ADDED")
+        self._reply(201, created)
+
     def do_PATCH(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length)
@@ -419,10 +491,19 @@ class _Handler(BaseHTTPRequestHandler):
             return
         match, _ = routed
         plural, ns, name = match["plural"], match["ns"], match["name"]
-        if name is None or self.fake.get(plural, name, ns) is None:
+        current = self.fake.get(plural, name, ns) if name is not None else None
+        if current is None:
             self._error(404, f'{plural} "{name}" not found')
             return
         patch = json.loads(raw or b"{}")
+        expected = (patch.get("metadata") or {}).get("resourceVersion")
+        if expected is not None and expected != current["metadata"]["resourceVersion"]:
+            self._error(
+                409,
+                f'Operation cannot be fulfilled on {plural} "{name}": the object '
+                "has been modified; please apply your changes to the latest version",
+            )
+            return
         if match["scale"]:
             replicas = (patch.get("spec") or {}).get("replicas")
             updated = self.fake.patch(plural, name, {"spec": {"replicas": replicas}}, ns)
@@ -438,14 +519,21 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _list(self, plural: str, ns: str, query: dict[str, str]) -> None:
         wanted = self._selected(query)
+        # Equality terms only ("k=v,k2=v2"): what tasklane's code sends.
+        labels = dict(
+            term.split("=", 1) for term in (query.get("labelSelector") or "").split(",") if term
+        )
         with self.fake.changed:
             items = [
                 copy.deepcopy(obj)
                 for (kind, namespace, name), obj in sorted(self.fake.objects.items())
-                if kind == plural and namespace == ns and wanted in (None, name)
+                if kind == plural
+                and namespace == ns
+                and wanted in (None, name)
+                and labels.items() <= (obj["metadata"].get("labels") or {}).items()
             ]
             version = str(self.fake.version)
-        kind = "DeploymentList" if plural == DEPLOYMENTS else "ScaledObjectList"
+        kind = _LIST_KINDS[plural]
         self._reply(200, {"kind": kind, "metadata": {"resourceVersion": version}, "items": items})
 
     def _watch(self, plural: str, ns: str, query: dict[str, str]) -> None:

@@ -21,15 +21,17 @@ from app.workers import celery_app as module
 from app.workers.celery_app import require_broker
 from app.workers.celery_config import (
     MIN_VISIBILITY_TIMEOUT,
-    TIME_LIMIT_MARGIN,
     TasklaneCelery,
     create_celery_app,
     task_routes,
+    time_limit,
     visibility_timeout,
 )
 from app.workers.heartbeat import Heartbeat
 
 BROKER = "redis://127.0.0.1:1/0"
+#: Settings' default; the chart passes the same number (tests/chart/test_worker.py proves it).
+TIME_LIMIT_MARGIN = Settings.model_fields["time_limit_margin"].default
 
 
 def settings(**values: Any) -> Settings:
@@ -109,6 +111,15 @@ def test_visibility_timeout_doubles_a_long_timeout_and_honours_the_setting() -> 
 
     assert visibility_timeout(settings(), long_tasks) == 2 * (7200 + TIME_LIMIT_MARGIN) + 1
     assert visibility_timeout(settings(visibility_timeout=5), long_tasks) == 5
+    assert visibility_timeout(settings(time_limit_margin=100), long_tasks) == 2 * 7300 + 1
+
+
+def test_the_hard_time_limit_is_the_timeout_plus_the_configured_margin() -> None:
+    timed, untimed = spec("timed", timeout=60), spec("untimed")
+
+    assert time_limit(timed, settings()) == 60 + TIME_LIMIT_MARGIN
+    assert time_limit(timed, settings(time_limit_margin=5)) == 65
+    assert time_limit(untimed, settings(time_limit_margin=5)) is None
 
 
 def test_result_backend_only_when_configured(app: TasklaneCelery) -> None:

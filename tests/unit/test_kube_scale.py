@@ -16,25 +16,30 @@ import pytest
 
 from app import cli
 from app.core.kubernetes.scaling import (
+    COMPONENT_LABEL,
     EXIT_API_ERROR,
     EXIT_FORBIDDEN,
     EXIT_NOT_FOUND,
     EXIT_NOTHING_TO_RESUME,
     EXIT_UNREACHABLE,
     EXIT_USAGE,
+    INSTANCE_LABEL,
 )
 from app.core.kubernetes.state import PAUSED, PAUSED_REPLICAS
 from scripts.harness.processes import free_port
+from tests.chart.helpers import SCALED, render_chart
 from tests.support.kube_api import DEPLOYMENTS, SCALED_OBJECTS, BlackHole, FakeKubeApi, kubeconfig
 
 NS = "prod"
 DEP = "demo-tasklane-worker"
+#: What the chart puts on release demo's worker Deployment (tests/chart proves the labels).
+DEMO_WORKER_LABELS = {INSTANCE_LABEL: "demo", COMPONENT_LABEL: "worker"}
 
 
 @pytest.fixture
 def kube() -> Iterator[FakeKubeApi]:
     with FakeKubeApi() as api:
-        api.add_deployment(DEP, replicas=2, namespace=NS)
+        api.add_deployment(DEP, replicas=2, namespace=NS, labels=DEMO_WORKER_LABELS)
         yield api
 
 
@@ -155,8 +160,67 @@ def test_missing_release_is_not_found(
 
     assert code == EXIT_NOT_FOUND == 3
     err = capsys.readouterr().err
-    assert f"Deployment nope-tasklane-worker not found in namespace {NS}" in err
+    assert f"no worker Deployment of release nope in namespace {NS}" in err
+    assert f"labelled {INSTANCE_LABEL}=nope,{COMPONENT_LABEL}=worker" in err
     assert "check the release name" in err
+
+
+def test_a_missing_deployment_is_not_found(
+    kube: FakeKubeApi, config_file: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = scale("--replicas", "1", "--deployment", "gone", "--kubeconfig", config_file)
+
+    assert code == EXIT_NOT_FOUND
+    assert f"Deployment gone not found in namespace {NS}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("release", "values"),
+    [
+        ("demo", {"fullnameOverride": "jobs"}),
+        ("r" * 53, {}),  # Helm's longest release name: the fullname is cut to 48 characters
+    ],
+    ids=["fullnameOverride", "long-release-name"],
+)
+def test_release_finds_the_charts_worker_deployment_by_its_labels(
+    kube: FakeKubeApi, config_file: str, release: str, values: dict[str, object]
+) -> None:
+    """Whatever name the chart gave the worker Deployment, --release finds it: the labels come
+    from the chart's own render, so chart and command cannot drift apart."""
+    rendered = render_chart({**SCALED, **values}, name=release)
+    worker = next(
+        m
+        for m in rendered
+        if m["kind"] == "Deployment" and m["metadata"]["name"].endswith("worker")
+    )
+    name = worker["metadata"]["name"]
+    assert name != f"{release}-tasklane-worker"  # a guessed name would miss it
+    kube.add_deployment(name, replicas=1, namespace=NS, labels=worker["metadata"]["labels"])
+    # Another release's workers and this release's api are never picked.
+    kube.add_deployment("other", namespace=NS, labels={**DEMO_WORKER_LABELS, INSTANCE_LABEL: "x"})
+    kube.add_deployment(
+        "api", namespace=NS, labels={INSTANCE_LABEL: release, COMPONENT_LABEL: "api"}
+    )
+    kube.delete(DEPLOYMENTS, DEP, NS)
+
+    assert scale("--replicas", "3", "--release", release, "--kubeconfig", config_file) == 0
+
+    obj = kube.get(DEPLOYMENTS, name, NS)
+    assert obj is not None
+    assert obj["spec"]["replicas"] == 3
+
+
+def test_several_worker_deployments_of_a_release_need_deployment(
+    kube: FakeKubeApi, config_file: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    kube.add_deployment("demo-heavy", namespace=NS, labels=DEMO_WORKER_LABELS)
+
+    code = scale("--replicas", "1", "--release", "demo", "--kubeconfig", config_file)
+
+    assert code == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert f"(demo-heavy, {DEP}): name one with --deployment" in err
+    assert not [m for m, *_ in kube.requests if m == "PATCH"]
 
 
 def test_wrong_namespace_is_not_found(kube: FakeKubeApi, config_file: str) -> None:
@@ -170,6 +234,7 @@ def test_wrong_namespace_is_not_found(kube: FakeKubeApi, config_file: str) -> No
 @pytest.mark.parametrize(
     ("path", "method", "keda", "denied"),
     [
+        (f"/namespaces/{NS}/deployments", "GET", False, "may not list deployments"),
         (f"/deployments/{DEP}/scale", "PATCH", False, "may not patch deployments/scale"),
         (f"/deployments/{DEP}", "GET", False, "may not get deployments"),
         (f"/scaledobjects/{DEP}", "GET", True, "may not get scaledobjects"),

@@ -7,20 +7,26 @@ stops autoscaling) and resumed by removing it; without one, the Deployment's sca
 patched, as `kubectl scale` does. The chart omits spec.replicas, so a later `helm upgrade` keeps
 the count either way.
 
-Every failure is a ScaleError carrying the exit status `tasklane scale` returns (EXIT_*), with a
-message that says what to do.
+Every failure is a ScaleError carrying the exit status `tasklane scale` returns (EXIT_*, shared
+with the other commands in calls.py), with a message that says what to do.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from kubernetes.client.exceptions import ApiException
-from urllib3.exceptions import HTTPError
 
-from app.core.kubernetes.client import api_message, innermost
+from app.core.kubernetes.calls import (
+    EXIT_API_ERROR,
+    EXIT_FORBIDDEN,
+    EXIT_NOT_FOUND,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    ApiCaller,
+    ApiCallError,
+)
 from app.core.kubernetes.state import (
     KEDA_GROUP,
     KEDA_PLURAL,
@@ -34,26 +40,37 @@ from app.core.kubernetes.state import (
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
 
-#: The API refused the change for another reason (5xx, conflict, invalid).
-EXIT_API_ERROR = 1
-#: Bad arguments or no usable configuration (also argparse's status).
-EXIT_USAGE = 2
-#: The worker Deployment does not exist in the namespace.
-EXIT_NOT_FOUND = 3
-#: RBAC denied a read or the change (403).
-EXIT_FORBIDDEN = 4
-#: The API server cannot be reached (refused, timed out, DNS).
-EXIT_UNREACHABLE = 5
+__all__ = [
+    "EXIT_API_ERROR",
+    "EXIT_FORBIDDEN",
+    "EXIT_NOTHING_TO_RESUME",
+    "EXIT_NOT_FOUND",
+    "EXIT_UNREACHABLE",
+    "EXIT_USAGE",
+    "ScaleError",
+    "ScaleOutcome",
+    "WorkerScaler",
+    "release_worker_selector",
+]
+
 #: --resume, but no ScaledObject targets the Deployment: nothing is paused.
 EXIT_NOTHING_TO_RESUME = 6
 
+#: The chart's selector labels (charts/tasklane _helpers.tpl tasklane.selectorLabels): a
+#: release's worker Deployments are found by these, whatever fullnameOverride or the length of
+#: the release name made of their names.
+INSTANCE_LABEL = "app.kubernetes.io/instance"
+COMPONENT_LABEL = "app.kubernetes.io/component"
+WORKER_COMPONENT = "worker"
 
-class ScaleError(Exception):
-    """`tasklane scale` cannot do what was asked; `exit_code` says which failure it is."""
 
-    def __init__(self, message: str, exit_code: int) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
+def release_worker_selector(release: str) -> str:
+    """The labelSelector matching the worker Deployment(s) of the Helm release `release`."""
+    return f"{INSTANCE_LABEL}={release},{COMPONENT_LABEL}={WORKER_COMPONENT}"
+
+
+#: `tasklane scale` cannot do what was asked; `exit_code` says which failure it is.
+ScaleError = ApiCallError
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -116,11 +133,62 @@ class WorkerScaler:
 
         self.apps = AppsV1Api(api_client)
         self.custom = CustomObjectsApi(api_client)
-        self.host = api_client.configuration.host
         self.namespace = namespace
         self.deployment = deployment
         self.scaled_object = scaled_object or deployment
-        self.timeout = (request_timeout, request_timeout)
+        self._call = ApiCaller(api_client.configuration.host, namespace, request_timeout)
+
+    @classmethod
+    def for_release(
+        cls,
+        api_client: ApiClient,
+        *,
+        namespace: str,
+        release: str,
+        scaled_object: str | None = None,
+        request_timeout: float = 10.0,
+    ) -> WorkerScaler:
+        """The scaler of `release`'s worker Deployment, listed by the chart's labels.
+
+        Raises ScaleError: EXIT_NOT_FOUND when no Deployment carries them, EXIT_USAGE when
+        several do (name one with --deployment).
+        """
+        scaler = cls(
+            api_client,
+            namespace=namespace,
+            deployment="",
+            scaled_object=scaled_object,
+            request_timeout=request_timeout,
+        )
+        selector = release_worker_selector(release)
+        try:
+            listed = scaler._call(
+                "list deployments",
+                scaler.apps.list_namespaced_deployment,
+                namespace,
+                label_selector=selector,
+            )
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            listed = {}
+        names = sorted(item["metadata"]["name"] for item in listed.get("items") or ())
+        if not names:
+            raise ScaleError(
+                f"no worker Deployment of release {release} in namespace {namespace} (none "
+                f"labelled {selector}): check the release name (workers exist only with "
+                "celery.enabled=true) and --namespace",
+                EXIT_NOT_FOUND,
+            )
+        if len(names) > 1:
+            raise ScaleError(
+                f"release {release} has several worker Deployments in namespace {namespace} "
+                f"({', '.join(names)}): name one with --deployment",
+                EXIT_USAGE,
+            )
+        scaler.deployment = names[0]
+        scaler.scaled_object = scaled_object or names[0]
+        return scaler
 
     def scale(self, replicas: int) -> ScaleOutcome:
         """Pause KEDA at `replicas`, or scale the Deployment to it. Raises ScaleError."""
@@ -181,8 +249,7 @@ class WorkerScaler:
                 raise
             raise ScaleError(
                 f"Deployment {self.deployment} not found in namespace {self.namespace}: check "
-                "the release name (the worker Deployment is <release>-tasklane-worker and exists "
-                "only with celery.enabled=true) and --namespace",
+                "the name (or give --release R to find it by the chart's labels) and --namespace",
                 EXIT_NOT_FOUND,
             ) from None
         return DeploymentState.from_json(body)
@@ -240,34 +307,3 @@ class WorkerScaler:
             name,
             {"metadata": {"annotations": annotations}},
         )
-
-    def _call(self, action: str, method: Any, *args: Any) -> dict[str, Any]:
-        """Run one API call, raw JSON back; 404 stays an ApiException for the caller to judge,
-        403, other statuses and connection failures become ScaleErrors."""
-        try:
-            response = method(*args, _preload_content=False, _request_timeout=self.timeout)
-            try:
-                return json.loads(response.data or b"{}")
-            finally:
-                response.release_conn()
-        except ApiException as exc:
-            if exc.status == 404:
-                raise
-            verb, _, resource = action.partition(" ")
-            if exc.status == 403:
-                raise ScaleError(
-                    f"forbidden: your credentials may not {verb} {resource} in namespace "
-                    f"{self.namespace} (RBAC: grant {verb!r} on {resource!r}): "
-                    f"{api_message(exc.body)}",
-                    EXIT_FORBIDDEN,
-                ) from None
-            raise ScaleError(
-                f"the Kubernetes API refused to {action}: HTTP {exc.status} "
-                f"{api_message(exc.body) or exc.reason}",
-                EXIT_API_ERROR,
-            ) from None
-        except (HTTPError, OSError) as exc:
-            raise ScaleError(
-                f"cannot reach the Kubernetes API at {self.host}: {innermost(exc)}",
-                EXIT_UNREACHABLE,
-            ) from None

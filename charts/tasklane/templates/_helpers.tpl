@@ -70,18 +70,93 @@ app.kubernetes.io/part-of: tasklane
 {{- end -}}
 {{- end -}}
 
+{{/* ---------------------------------------------------------------------------------------
+Object names: every name is "<fullname>-<suffix>" and is written here only, so templates, NOTES
+and the api's env agree, and `tasklane scale` can find objects by label instead of by name.
+call like: include "tasklane.worker.fullname" .
+--------------------------------------------------------------------------------------- */}}
+
+{{/* "<fullname>-<suffix>". call like: include "tasklane.componentName" (list . "api") */}}
+{{- define "tasklane.componentName" -}}
+{{- printf "%s-%s" (include "tasklane.fullname" (index . 0)) (index . 1) -}}
+{{- end -}}
+
+{{/* The api's Deployment, Service, PDB, Role, RoleBinding, ServiceMonitor, Ingress, NetworkPolicy. */}}
+{{- define "tasklane.api.fullname" -}}
+{{- include "tasklane.componentName" (list . "api") -}}
+{{- end -}}
+
+{{/* The worker Deployment and what scales, disrupts or scrapes it (ScaledObject, HPA, PDB, PodMonitor). */}}
+{{- define "tasklane.worker.fullname" -}}
+{{- include "tasklane.componentName" (list . "worker") -}}
+{{- end -}}
+
+{{/* The NetworkPolicy covering worker and beat pods. */}}
+{{- define "tasklane.workers.networkPolicyName" -}}
+{{- include "tasklane.componentName" (list . "workers") -}}
+{{- end -}}
+
+{{/* The beat Deployment. */}}
+{{- define "tasklane.beat.fullname" -}}
+{{- include "tasklane.componentName" (list . "beat") -}}
+{{- end -}}
+
+{{/* The bundled Redis: StatefulSet, Service (the host in every URL), NetworkPolicy. */}}
+{{- define "tasklane.redis.fullname" -}}
+{{- include "tasklane.componentName" (list . "redis") -}}
+{{- end -}}
+
+{{/* The bundled Redis's headless Service (the StatefulSet's serviceName). */}}
+{{- define "tasklane.redis.headlessName" -}}
+{{- include "tasklane.componentName" (list . "redis-headless") -}}
+{{- end -}}
+
+{{/* KEDA's TriggerAuthentication holding the Redis password reference (bundled or external Redis). */}}
+{{- define "tasklane.worker.triggerAuthenticationName" -}}
+{{- include "tasklane.componentName" (list . "redis") -}}
+{{- end -}}
+
+{{/* The hook Job that generates the release's missing Secrets, and its ServiceAccount, Role and RoleBinding. */}}
+{{- define "tasklane.secretsJob.fullname" -}}
+{{- include "tasklane.componentName" (list . "secrets") -}}
+{{- end -}}
+
+{{/* The Grafana dashboard ConfigMap. */}}
+{{- define "tasklane.dashboard.fullname" -}}
+{{- include "tasklane.componentName" (list . "dashboard") -}}
+{{- end -}}
+
 {{/* Name of the ConfigMap holding the non-secret settings. */}}
 {{- define "tasklane.configMapName" -}}
-{{- printf "%s-config" (include "tasklane.fullname" .) -}}
+{{- include "tasklane.componentName" (list . "config") -}}
 {{- end -}}
 
 {{/* Secret and key holding the api bearer token: the user's Secret, else the chart's own. */}}
 {{- define "tasklane.api.tokenSecretName" -}}
-{{- default (printf "%s-api-token" (include "tasklane.fullname" .)) .Values.api.existingTokenSecret -}}
+{{- default (include "tasklane.componentName" (list . "api-token")) .Values.api.existingTokenSecret -}}
 {{- end -}}
 
 {{- define "tasklane.api.tokenSecretKey" -}}
 {{- if .Values.api.existingTokenSecret -}}{{ .Values.api.existingTokenSecretKey }}{{- else -}}token{{- end -}}
+{{- end -}}
+
+{{/*
+The Secrets nobody supplied, which the hook Job (secrets-job.yaml) generates once in the
+cluster, as JSON {"<secret>": {"<key>": <length>}}: the api token unless api.token or
+api.existingTokenSecret gives it, the bundled Redis's password unless redis.auth.existingSecret
+does. "{}": nothing to generate, no Job. Keys come out sorted, so the render is stable.
+call like: include "tasklane.generatedSecrets" . | fromJson
+*/}}
+{{- define "tasklane.generatedSecrets" -}}
+{{- $secrets := dict -}}
+{{- if not (or .Values.api.token .Values.api.existingTokenSecret) -}}
+{{- $_ := set $secrets (include "tasklane.api.tokenSecretName" .) (dict (include "tasklane.api.tokenSecretKey" .) 40) -}}
+{{- end -}}
+{{- if and (include "tasklane.redis.bundled" .) (not .Values.redis.auth.existingSecret) -}}
+{{- /* Alphanumeric (as every generated value): it is spliced into redis:// URLs unescaped. */ -}}
+{{- $_ := set $secrets (include "tasklane.redis.secretName" .) (dict (include "tasklane.redis.secretKey" .) 32) -}}
+{{- end -}}
+{{- toJson $secrets -}}
 {{- end -}}
 
 {{/* ---------------------------------------------------------------------------------------
@@ -116,18 +191,13 @@ Redis: bundled (StatefulSet + generated password) or external (redis.external.ur
 {{- if and (include "tasklane.redis.needed" .) .Values.redis.enabled (not .Values.redis.external.url) -}}true{{- end -}}
 {{- end -}}
 
-{{/* The bundled Redis's Service name: the host in every URL. */}}
-{{- define "tasklane.redis.host" -}}
-{{- printf "%s-redis" (include "tasklane.fullname" .) -}}
-{{- end -}}
-
 {{/* host:port of Redis (KEDA's addressFromEnv); an external URL without a port means 6379. */}}
 {{- define "tasklane.redis.address" -}}
 {{- if .Values.redis.external.url -}}
 {{- $host := (urlParse .Values.redis.external.url).host -}}
 {{- if regexMatch ":[0-9]+$" $host -}}{{ $host }}{{- else -}}{{ printf "%s:6379" $host }}{{- end -}}
 {{- else -}}
-{{- printf "%s:6379" (include "tasklane.redis.host" .) -}}
+{{- printf "%s:6379" (include "tasklane.redis.fullname" .) -}}
 {{- end -}}
 {{- end -}}
 
@@ -158,7 +228,7 @@ Redis: bundled (StatefulSet + generated password) or external (redis.external.ur
 {{/* Secret and key holding the Redis password. */}}
 {{- define "tasklane.redis.secretName" -}}
 {{- if include "tasklane.redis.bundled" . -}}
-{{- default (printf "%s-redis-auth" (include "tasklane.fullname" .)) .Values.redis.auth.existingSecret -}}
+{{- default (include "tasklane.componentName" (list . "redis-auth")) .Values.redis.auth.existingSecret -}}
 {{- else -}}
 {{- .Values.redis.external.existingSecret -}}
 {{- end -}}
@@ -214,15 +284,27 @@ hpa
 {{- end -}}
 
 {{/*
+Seconds Celery's hard time limit allows beyond a task's timeout. The one number the chart and
+the workers share: the ConfigMap passes it as TASKLANE_TIME_LIMIT_MARGIN (app/config.py
+time_limit_margin, which Celery's time_limit uses), and the grace period below is sized from it.
+*/}}
+{{- define "tasklane.worker.timeLimitMarginSeconds" -}}30{{- end -}}
+
+{{/* The longest a task may run on a worker: tasks.timeoutSeconds plus the hard-limit margin. */}}
+{{- define "tasklane.worker.longestTaskSeconds" -}}
+{{- add (int .Values.tasks.timeoutSeconds) (int (include "tasklane.worker.timeLimitMarginSeconds" .)) -}}
+{{- end -}}
+
+{{/*
 Seconds a worker pod gets between SIGTERM and SIGKILL: Celery's warm shutdown lets running
-tasks finish, and a task may run for its timeout plus the 30 s hard-limit margin
-(app/workers/celery_app.py TIME_LIMIT_MARGIN); null means tasks.timeoutSeconds + 60.
+tasks finish, and a task may run for tasklane.worker.longestTaskSeconds; null means that plus
+30 s for the shutdown itself (tasks.timeoutSeconds + 60 with the default margin).
 */}}
 {{- define "tasklane.worker.terminationGracePeriodSeconds" -}}
 {{- /* index, not a field: Helm drops keys whose value is null, and lint --strict would fail on them */ -}}
 {{- $grace := index .Values.celery.worker "terminationGracePeriodSeconds" -}}
 {{- if kindIs "invalid" $grace -}}
-{{- add (int .Values.tasks.timeoutSeconds) 60 -}}
+{{- add (int (include "tasklane.worker.longestTaskSeconds" .)) 30 -}}
 {{- else -}}
 {{- int $grace -}}
 {{- end -}}
@@ -286,7 +368,7 @@ call like: include "tasklane.env" (list . "worker")
 # The api follows this Deployment (and the ScaledObject targeting it) with the Role below;
 # TASKLANE_KUBERNETES stays auto: on inside a cluster, off when the container runs elsewhere.
 - name: TASKLANE_WORKER_DEPLOYMENT
-  value: {{ printf "%s-worker" (include "tasklane.fullname" $root) | quote }}
+  value: {{ include "tasklane.worker.fullname" $root | quote }}
 {{- end }}
 {{- if eq $component "api" }}
 - name: TASKLANE_API_TOKEN
@@ -309,12 +391,18 @@ call like: include "tasklane.env" (list . "worker")
 {{- end -}}
 
 {{/*
-Pod annotations that roll the pods when their settings or secrets change.
+Pod annotations that roll the pods when their settings change. checksum/secret only when the
+user gives the token (api.token): generated values never appear in a render (the hook Job makes
+them in the cluster), so nothing random can end up in a checksum and restart pods on every
+GitOps sync.
 call like: include "tasklane.checksums" .
 */}}
 {{- define "tasklane.checksums" -}}
 checksum/config: {{ include (print .Template.BasePath "/configmap.yaml") . | sha256sum }}
-checksum/secret: {{ print (include (print .Template.BasePath "/api-token-secret.yaml") .) (include (print .Template.BasePath "/redis-secret.yaml") .) | sha256sum }}
+{{- $given := include (print .Template.BasePath "/api-token-secret.yaml") . }}
+{{- if trim $given }}
+checksum/secret: {{ $given | sha256sum }}
+{{- end }}
 {{- end -}}
 
 {{/*
@@ -368,9 +456,9 @@ Included once from configmap.yaml, which every release renders.
 {{- end -}}
 {{- if .Values.celery.enabled -}}
 {{- $grace := int (include "tasklane.worker.terminationGracePeriodSeconds" .) -}}
-{{- $needed := add (int .Values.tasks.timeoutSeconds) 30 -}}
+{{- $needed := int (include "tasklane.worker.longestTaskSeconds" .) -}}
 {{- if lt $grace $needed -}}
-{{- fail (printf "celery.worker.terminationGracePeriodSeconds=%d is too short: a task may run tasks.timeoutSeconds=%d plus Celery's 30 s hard-limit margin, so workers need at least %d s to finish on SIGTERM." $grace (int .Values.tasks.timeoutSeconds) $needed) -}}
+{{- fail (printf "celery.worker.terminationGracePeriodSeconds=%d is too short: a task may run tasks.timeoutSeconds=%d plus Celery's %s s hard-limit margin, so workers need at least %d s to finish on SIGTERM." $grace (int .Values.tasks.timeoutSeconds) (include "tasklane.worker.timeLimitMarginSeconds" .) $needed) -}}
 {{- end -}}
 {{- $autoscaler := include "tasklane.worker.autoscaler" . -}}
 {{- if eq $autoscaler "keda" -}}

@@ -14,6 +14,12 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from app.config import Settings
+
+#: Celery's hard-limit margin, which the chart adds to the task timeout for the smallest grace
+#: period it accepts (the chart passes the same number: tests/chart/test_worker.py).
+TIME_LIMIT_MARGIN = math.ceil(Settings.model_fields["time_limit_margin"].default)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Burst:
@@ -44,7 +50,7 @@ class Scenario:
         """Values for `helm template`: scaled mode, the ScaledObject forced, Redis external
         (the local redis-server, so KEDA's trigger address is the one the workers use)."""
         timeout = math.ceil(self.task_seconds)
-        grace = timeout + 30  # the smallest grace the chart accepts
+        grace = timeout + TIME_LIMIT_MARGIN  # the smallest grace the chart accepts
         return {
             "celery": {
                 "enabled": True,
