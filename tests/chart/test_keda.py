@@ -47,7 +47,8 @@ def test_scales_the_worker_deployment_reading_env_from_its_container() -> None:
     assert container(get(manifests, "Deployment", WORKER), target["envSourceContainerName"])
 
 
-@pytest.mark.parametrize("queues", [["heavy", "light"], ["heavy"], ["video", "bulk-mail", "light"]])
+# (heavy in each: heavy tasks route there, and the chart refuses a queue no pool consumes.)
+@pytest.mark.parametrize("queues", [["heavy", "light"], ["heavy"], ["video", "bulk-mail", "heavy"]])
 def test_redis_triggers_per_consumed_queue_count_every_priority_list(queues: list[str]) -> None:
     """queued_Q (and queued_Q_p3/p6/p9) read the Celery list Q and kombu's priority sub-lists;
     active_Q the ZSET of tasks running from Q (KEDA's redis scaler counts a ZSET with ZCARD),
@@ -75,7 +76,10 @@ def test_the_watched_lists_are_the_ones_the_app_publishes_to(queue: str) -> None
     settings = Settings(celery_broker_url="redis://r:6379/0", redis_url="redis://r:6379/0")
     options = transport_options(settings)
     layout = BrokerLayout.from_transport_options(options)
-    triggers = _scaled_object(_render(queues=[queue]))["spec"]["triggers"]
+    # The pool's one queue is where heavy tasks go (the chart refuses an unconsumed heavy queue).
+    values = {"celery": {"enabled": True, "heavyQueue": queue, "worker": {"queues": [queue]}}}
+    manifests = render_chart(values, api_versions=[KEDA_API])
+    triggers = _scaled_object(manifests)["spec"]["triggers"]
     watched = [t["metadata"]["listName"] for t in triggers if t["name"].startswith("queued_")]
     assert layout == BROKER_LAYOUT
     assert watched == layout.queue_lists(queue)

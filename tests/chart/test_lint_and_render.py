@@ -73,6 +73,20 @@ EXPECTED_KINDS: dict[str, set[str]] = {
         "Role",
         "RoleBinding",
     },
+    "scaled-pools": {
+        "ServiceAccount",
+        "ConfigMap",
+        "Service",
+        "Deployment",
+        "StatefulSet",
+        "PodDisruptionBudget",
+        "ScaledObject",
+        "TriggerAuthentication",
+        "PodMonitor",
+        "Role",
+        "RoleBinding",
+        *HOOK_KINDS,
+    },
     "monitoring": {
         "ServiceAccount",
         "ConfigMap",
@@ -91,7 +105,7 @@ EXPECTED_KINDS: dict[str, set[str]] = {
 
 
 def test_ci_values_files_cover_every_mode() -> None:
-    """The six modes the chart promises each have a values file that CI renders."""
+    """The modes the chart promises each have a values file that CI renders."""
     assert {path.stem for path in CI_VALUES_FILES} == set(EXPECTED_KINDS)
 
 

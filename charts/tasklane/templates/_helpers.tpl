@@ -86,9 +86,24 @@ call like: include "tasklane.worker.fullname" .
 {{- include "tasklane.componentName" (list . "api") -}}
 {{- end -}}
 
-{{/* The worker Deployment and what scales, disrupts or scrapes it (ScaledObject, HPA, PDB, PodMonitor). */}}
+{{/* The default pool's worker Deployment (celery.worker) and what scales, disrupts or scrapes it (ScaledObject, HPA, PDB, PodMonitor). */}}
 {{- define "tasklane.worker.fullname" -}}
 {{- include "tasklane.componentName" (list . "worker") -}}
+{{- end -}}
+
+{{/*
+One pool's Deployment, ScaledObject, HPA and PDB: the default pool keeps "<fullname>-worker",
+a pool of celery.workerPools is "<fullname>-worker-<pool name>".
+call like: include "tasklane.workerPool.fullname" (list . $pool)
+*/}}
+{{- define "tasklane.workerPool.fullname" -}}
+{{- $root := index . 0 -}}
+{{- $pool := index . 1 -}}
+{{- if $pool.isDefault -}}
+{{- include "tasklane.worker.fullname" $root -}}
+{{- else -}}
+{{- printf "%s-%s" (include "tasklane.worker.fullname" $root) $pool.name -}}
+{{- end -}}
 {{- end -}}
 
 {{/* The NetworkPolicy covering worker and beat pods. */}}
@@ -263,14 +278,77 @@ pod spec, a ConfigMap or `helm get values`.
 Workers: who owns the replica count, how long a pod may take to stop.
 --------------------------------------------------------------------------------------- */}}
 
+{{/* ---------------------------------------------------------------------------------------
+Worker pools: the default pool (celery.worker, unless celery.worker.enabled=false) and every
+entry of celery.workerPools, each deep-merged over celery.worker (as the Airflow chart's
+workers.celery.sets over workers.celery): a field a pool leaves out is celery.worker's; a map
+is merged key by key (resources.requests.cpu alone keeps celery.worker's memory), a list or a
+number the pool sets replaces celery.worker's.
+--------------------------------------------------------------------------------------- */}}
+
+{{/* The name (and tasklane.io/pool label value) of the pool celery.worker describes. */}}
+{{- define "tasklane.worker.defaultPoolName" -}}default{{- end -}}
+
 {{/*
-"keda", "hpa" or "" (nobody: a fixed count or kubectl scale). KEDA counts only when its
-ScaledObject is actually rendered: the cluster serves keda.sh/v1alpha1 or keda.force is set.
+The pools to render, as JSON [pool]: each a celery.worker-shaped dict plus name and isDefault.
+Empty unless celery.enabled.
+call like: include "tasklane.workerPools" . | fromJsonArray
 */}}
-{{- define "tasklane.worker.autoscaler" -}}
-{{- $a := .Values.celery.worker.autoscaling -}}
+{{- define "tasklane.workerPools" -}}
+{{- $pools := list -}}
 {{- if .Values.celery.enabled -}}
-{{- if and $a.keda.enabled (or $a.keda.force (.Capabilities.APIVersions.Has "keda.sh/v1alpha1")) -}}
+{{- $base := omit .Values.celery.worker "enabled" -}}
+{{- if ne (index .Values.celery.worker "enabled") false -}}
+{{- $pools = append $pools (merge (dict "name" (include "tasklane.worker.defaultPoolName" .) "isDefault" true) (deepCopy $base)) -}}
+{{- end -}}
+{{- range .Values.celery.workerPools -}}
+{{- $pools = append $pools (set (mergeOverwrite (deepCopy $base) (deepCopy .)) "isDefault" false) -}}
+{{- end -}}
+{{- end -}}
+{{- toJson $pools -}}
+{{- end -}}
+
+{{/*
+Labels of one pool's objects and pods: the worker component's plus tasklane.io/pool, which
+`tasklane scale --pool` and the api's watch select by.
+call like: include "tasklane.workerPool.labels" (list . $pool)
+*/}}
+{{- define "tasklane.workerPool.labels" -}}
+{{ include "tasklane.labels" (list (index . 0) "worker") }}
+tasklane.io/pool: {{ (index . 1).name }}
+{{- end -}}
+
+{{/*
+A pool Deployment's selector (immutable). The default pool keeps the selector it always had
+(component=worker), so upgrading an existing release keeps its Deployment; other pools add
+their tasklane.io/pool.
+*/}}
+{{- define "tasklane.workerPool.deploymentSelector" -}}
+{{ include "tasklane.selectorLabels" (list (index . 0) "worker") }}
+{{- if not (index . 1).isDefault }}
+tasklane.io/pool: {{ (index . 1).name }}
+{{- end }}
+{{- end -}}
+
+{{/*
+The pods of exactly one pool (PDB selector): with the pool label always, so a pod never falls
+under two PodDisruptionBudgets (the eviction API refuses such pods, blocking drains).
+*/}}
+{{- define "tasklane.workerPool.podSelector" -}}
+{{ include "tasklane.selectorLabels" (list (index . 0) "worker") }}
+tasklane.io/pool: {{ (index . 1).name }}
+{{- end -}}
+
+{{/*
+"keda", "hpa" or "" (nobody: a fixed count or kubectl scale) for one pool. KEDA counts only
+when its ScaledObject is actually rendered: the cluster serves keda.sh/v1alpha1 or keda.force.
+call like: include "tasklane.workerPool.autoscaler" (list . $pool)
+*/}}
+{{- define "tasklane.workerPool.autoscaler" -}}
+{{- $root := index . 0 -}}
+{{- $a := (index . 1).autoscaling -}}
+{{- if $root.Values.celery.enabled -}}
+{{- if and $a.keda.enabled (or $a.keda.force ($root.Capabilities.APIVersions.Has "keda.sh/v1alpha1")) -}}
 keda
 {{- else if $a.hpa.enabled -}}
 hpa
@@ -278,9 +356,36 @@ hpa
 {{- end -}}
 {{- end -}}
 
-{{/* "true" when KEDA may take the pool to zero: the api then queues heavy tasks instead of running them in-process. */}}
+{{/* The autoscaler of celery.worker (the default pool's settings, NOTES). */}}
+{{- define "tasklane.worker.autoscaler" -}}
+{{- include "tasklane.workerPool.autoscaler" (list . .Values.celery.worker) -}}
+{{- end -}}
+
+{{/* "true" when some pool's ScaledObject is rendered (TriggerAuthentication, Redis NetworkPolicy). */}}
+{{- define "tasklane.workers.useKeda" -}}
+{{- range include "tasklane.workerPools" $ | fromJsonArray -}}
+{{- if eq (include "tasklane.workerPool.autoscaler" (list $ .)) "keda" -}}true{{- break -}}{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* "true" when KEDA may take this pool to zero. call like: include "tasklane.workerPool.scalesFromZero" (list . $pool) */}}
+{{- define "tasklane.workerPool.scalesFromZero" -}}
+{{- if and (eq (include "tasklane.workerPool.autoscaler" .) "keda") (eq (int (index . 1).autoscaling.keda.minReplicaCount) 0) -}}true{{- end -}}
+{{- end -}}
+
+{{/*
+"true" when KEDA may take every pool to zero (TASKLANE_SCALE_FROM_ZERO, the api's answer while
+it has no Kubernetes data): the api then queues heavy tasks instead of running them
+in-process. One pool that cannot start from zero makes it false: running a task in the api is
+the safe fallback, queueing it for a pool nobody starts is not.
+*/}}
 {{- define "tasklane.worker.scalesFromZero" -}}
-{{- if and (eq (include "tasklane.worker.autoscaler" .) "keda") (eq (int .Values.celery.worker.autoscaling.keda.minReplicaCount) 0) -}}true{{- end -}}
+{{- $pools := include "tasklane.workerPools" . | fromJsonArray -}}
+{{- $all := gt (len $pools) 0 -}}
+{{- range $pools -}}
+{{- if not (include "tasklane.workerPool.scalesFromZero" (list $ .)) -}}{{- $all = false -}}{{- end -}}
+{{- end -}}
+{{- if $all -}}true{{- end -}}
 {{- end -}}
 
 {{/*
@@ -299,12 +404,14 @@ time_limit_margin, which Celery's time_limit uses), and the grace period below i
 Seconds a worker pod gets between SIGTERM and SIGKILL: Celery's warm shutdown lets running
 tasks finish, and a task may run for tasklane.worker.longestTaskSeconds; null means that plus
 30 s for the shutdown itself (tasks.timeoutSeconds + 60 with the default margin).
+call like: include "tasklane.workerPool.terminationGracePeriodSeconds" (list . $pool)
 */}}
-{{- define "tasklane.worker.terminationGracePeriodSeconds" -}}
+{{- define "tasklane.workerPool.terminationGracePeriodSeconds" -}}
+{{- $root := index . 0 -}}
 {{- /* index, not a field: Helm drops keys whose value is null, and lint --strict would fail on them */ -}}
-{{- $grace := index .Values.celery.worker "terminationGracePeriodSeconds" -}}
+{{- $grace := index (index . 1) "terminationGracePeriodSeconds" -}}
 {{- if kindIs "invalid" $grace -}}
-{{- add (int (include "tasklane.worker.longestTaskSeconds" .)) 30 -}}
+{{- add (int (include "tasklane.worker.longestTaskSeconds" $root)) 30 -}}
 {{- else -}}
 {{- int $grace -}}
 {{- end -}}
@@ -429,10 +536,6 @@ Included once from configmap.yaml, which every release renders.
 --------------------------------------------------------------------------------------- */}}
 {{- define "tasklane.validate" -}}
 {{- $store := include "tasklane.store" . -}}
-{{- $autoscaling := .Values.celery.worker.autoscaling -}}
-{{- if and $autoscaling.keda.enabled $autoscaling.hpa.enabled -}}
-{{- fail "celery.worker.autoscaling: keda.enabled and hpa.enabled are both true, and two autoscalers would fight over the worker replicas. Use one: --set celery.worker.autoscaling.keda.enabled=false for the CPU HPA, or leave hpa.enabled=false for KEDA." -}}
-{{- end -}}
 {{- if and (eq $store "memory") (gt (int .Values.api.replicas) 1) -}}
 {{- fail (printf "api.replicas=%d needs a shared store: with store=memory every api pod keeps its own task records, so a status request can reach a pod that never saw the task. Set store=redis (or celery.enabled=true), or api.replicas=1." (int .Values.api.replicas)) -}}
 {{- end -}}
@@ -455,26 +558,75 @@ Included once from configmap.yaml, which every release renders.
 {{- fail (printf "api.shutdownGraceSeconds=%d must be below api.terminationGracePeriodSeconds=%d, or the kubelet kills the api before it marks unfinished tasks Interrupted." (int .Values.api.shutdownGraceSeconds) (int .Values.api.terminationGracePeriodSeconds)) -}}
 {{- end -}}
 {{- if .Values.celery.enabled -}}
-{{- $grace := int (include "tasklane.worker.terminationGracePeriodSeconds" .) -}}
-{{- $needed := int (include "tasklane.worker.longestTaskSeconds" .) -}}
-{{- if lt $grace $needed -}}
-{{- fail (printf "celery.worker.terminationGracePeriodSeconds=%d is too short: a task may run tasks.timeoutSeconds=%d plus Celery's %s s hard-limit margin, so workers need at least %d s to finish on SIGTERM." $grace (int .Values.tasks.timeoutSeconds) (include "tasklane.worker.timeLimitMarginSeconds" .) $needed) -}}
+{{- include "tasklane.validateWorkerPools" . -}}
 {{- end -}}
-{{- $autoscaler := include "tasklane.worker.autoscaler" . -}}
+{{- end -}}
+
+{{/*
+The worker pools: names unique (none named like the default pool), every queue tasks route to
+consumed by some pool, and each pool's own settings sound. Tasks surely route to a queue
+when celery.executor=celery (every task goes to celery.lightQueue or heavyQueue) and, with
+the hybrid executor, to celery.heavyQueue when every pool scales from zero (the api then queues
+heavy tasks rather than run them itself). Otherwise the hybrid executor sends a task to Celery
+only while a live worker consumes its queue, and runs it in-process else. Messages name the pool's values path (celery.worker or celery.workerPools[name]).
+*/}}
+{{- define "tasklane.validateWorkerPools" -}}
+{{- $pools := include "tasklane.workerPools" . | fromJsonArray -}}
+{{- $default := include "tasklane.worker.defaultPoolName" . -}}
+{{- $seen := dict -}}
+{{- range .Values.celery.workerPools -}}
+{{- if eq .name $default -}}
+{{- fail (printf "celery.workerPools: a pool is named %q, the name of the default pool (celery.worker); its objects and tasklane.io/pool label would be ambiguous. Rename it." $default) -}}
+{{- end -}}
+{{- if hasKey $seen .name -}}
+{{- fail (printf "celery.workerPools: two pools are named %q; each pool needs its own name (its Deployment is <fullname>-worker-<name>)." .name) -}}
+{{- end -}}
+{{- $_ := set $seen .name true -}}
+{{- end -}}
+{{- if not $pools -}}
+{{- fail "celery.enabled=true but there is no worker pool: celery.worker.enabled=false and celery.workerPools is empty. Enable the default pool or add a pool." -}}
+{{- end -}}
+{{- $consumed := dict -}}
+{{- range $pools -}}
+{{- range .queues -}}{{- $_ := set $consumed . true -}}{{- end -}}
+{{- end -}}
+{{- $routed := list -}}
+{{- if eq .Values.celery.executor "celery" -}}
+{{- $routed = list .Values.celery.lightQueue .Values.celery.heavyQueue -}}
+{{- else if include "tasklane.worker.scalesFromZero" . -}}
+{{- $routed = list .Values.celery.heavyQueue -}}
+{{- end -}}
+{{- range $queue := $routed -}}
+{{- if not (hasKey $consumed $queue) -}}
+{{- fail (printf "queue %q is consumed by no worker pool, but tasks route to it (celery.executor=celery sends every task to celery.lightQueue or heavyQueue; with every pool scaling from zero the hybrid executor queues heavy tasks for celery.heavyQueue instead of running them in the api): add it to the queues of celery.worker (with celery.worker.enabled=true) or of a pool in celery.workerPools." $queue) -}}
+{{- end -}}
+{{- end -}}
+{{- range $pool := $pools -}}
+{{- $path := ternary "celery.worker" (printf "celery.workerPools[%s]" $pool.name) $pool.isDefault -}}
+{{- $autoscaling := $pool.autoscaling -}}
+{{- if and $autoscaling.keda.enabled $autoscaling.hpa.enabled -}}
+{{- fail (printf "%s.autoscaling: keda.enabled and hpa.enabled are both true, and two autoscalers would fight over the worker replicas. Use one: --set %s.autoscaling.keda.enabled=false for the CPU HPA, or leave hpa.enabled=false for KEDA." $path $path) -}}
+{{- end -}}
+{{- $grace := int (include "tasklane.workerPool.terminationGracePeriodSeconds" (list $ $pool)) -}}
+{{- $needed := int (include "tasklane.worker.longestTaskSeconds" $) -}}
+{{- if lt $grace $needed -}}
+{{- fail (printf "%s.terminationGracePeriodSeconds=%d is too short: a task may run tasks.timeoutSeconds=%d plus Celery's %s s hard-limit margin, so workers need at least %d s to finish on SIGTERM." $path $grace (int $.Values.tasks.timeoutSeconds) (include "tasklane.worker.timeLimitMarginSeconds" $) $needed) -}}
+{{- end -}}
+{{- $autoscaler := include "tasklane.workerPool.autoscaler" (list $ $pool) -}}
 {{- if eq $autoscaler "keda" -}}
 {{- if le (int $autoscaling.keda.cooldownPeriod) $grace -}}
-{{- fail (printf "celery.worker.autoscaling.keda.cooldownPeriod=%d must exceed the worker termination grace period (%d s): scaling to zero sooner could stop a worker that is still finishing its last task." (int $autoscaling.keda.cooldownPeriod) $grace) -}}
+{{- fail (printf "%s.autoscaling.keda.cooldownPeriod=%d must exceed the worker termination grace period (%d s): scaling to zero sooner could stop a worker that is still finishing its last task." $path (int $autoscaling.keda.cooldownPeriod) $grace) -}}
 {{- end -}}
 {{- if gt (int $autoscaling.keda.minReplicaCount) (int $autoscaling.keda.maxReplicaCount) -}}
-{{- fail "celery.worker.autoscaling.keda.minReplicaCount must not exceed maxReplicaCount." -}}
+{{- fail (printf "%s.autoscaling.keda.minReplicaCount must not exceed maxReplicaCount." $path) -}}
 {{- end -}}
 {{- end -}}
 {{- if eq $autoscaler "hpa" -}}
 {{- if gt (int $autoscaling.hpa.minReplicas) (int $autoscaling.hpa.maxReplicas) -}}
-{{- fail "celery.worker.autoscaling.hpa.minReplicas must not exceed maxReplicas." -}}
+{{- fail (printf "%s.autoscaling.hpa.minReplicas must not exceed maxReplicas." $path) -}}
 {{- end -}}
-{{- if not (dig "requests" "cpu" "" .Values.celery.worker.resources) -}}
-{{- fail "celery.worker.autoscaling.hpa needs celery.worker.resources.requests.cpu: CPU utilization is measured against the request." -}}
+{{- if not (dig "requests" "cpu" "" $pool.resources) -}}
+{{- fail (printf "%s.autoscaling.hpa needs %s.resources.requests.cpu: CPU utilization is measured against the request." $path $path) -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}
