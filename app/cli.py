@@ -6,8 +6,8 @@ tasklane worker [--queues light,heavy] [--concurrency N] [--hostname NAME] [--lo
 tasklane beat [--schedule PATH] [--loglevel info]
 tasklane status [--json] [--failures N]      (the deployment at a glance, from Redis)
 tasklane status --worker [--hostname NAME]   (the worker pod's liveness probe)
-tasklane scale --replicas N | --resume [--release R | --deployment NAME] [--namespace NS]
-               [--kubeconfig PATH]
+tasklane scale --replicas N | --resume [--release R] [--pool NAME] | [--deployment NAME]
+               [--namespace NS] [--kubeconfig PATH]
 tasklane secrets ensure --secret NAME --key KEY:LENGTH [...] [--namespace NS]
                         (create missing Secrets/keys; the chart's hook Job runs it)
 

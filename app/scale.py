@@ -1,11 +1,15 @@
-"""`tasklane scale --replicas N | --resume [--release R | --deployment NAME] [--namespace NS]
-[--kubeconfig PATH] [--timeout S]`: set the worker pool's size from a laptop or a pod.
+"""`tasklane scale --replicas N | --resume [--release R] [--pool NAME] | [--deployment NAME]
+[--namespace NS] [--kubeconfig PATH] [--timeout S]`: set a worker pool's size from a laptop or a
+pod.
 
 The Deployment is --deployment, else the one the release's chart labelled as its workers
-(`app.kubernetes.io/instance=R,app.kubernetes.io/component=worker`, listed through the API, so
-fullnameOverride and long release names need nothing more: RBAC `list deployments`), else
-TASKLANE_WORKER_DEPLOYMENT. Namespace and configuration: the rule of app/cli_kube.py (--namespace,
-else TASKLANE_NAMESPACE, else the kubeconfig context's or the pod's, else "default").
+(`app.kubernetes.io/instance=R,app.kubernetes.io/component=worker`, plus
+`tasklane.io/pool=NAME` with --pool; listed through the API, so fullnameOverride and long
+release names need nothing more: RBAC `list deployments`), else TASKLANE_WORKER_DEPLOYMENT. A
+release with several pools needs --pool (exit 2 names them); --pool without --release takes the
+namespace's one worker Deployment of that pool. Namespace and configuration: the rule of
+app/cli_kube.py (--namespace, else TASKLANE_NAMESPACE, else the kubeconfig context's or the
+pod's, else "default").
 
 Exit status (app/core/kubernetes/calls.py, scaling.py): 0 done, 1 other API error, 2 usage or no
 configuration, 3 Deployment not found, 4 forbidden (RBAC), 5 API server unreachable, 6 --resume
@@ -39,6 +43,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     target.add_argument(
         "--release", help="Helm release: scales the Deployment its chart labels as the workers"
     )
+    parser.add_argument(
+        "--pool",
+        help="worker pool (the chart's tasklane.io/pool label: 'default' is celery.worker's, "
+        "else a celery.workerPools name); needed when the release has several pools",
+    )
     target.add_argument(
         "--deployment", help="worker Deployment name (default: TASKLANE_WORKER_DEPLOYMENT)"
     )
@@ -60,12 +69,15 @@ def run(args: argparse.Namespace) -> int:
         settings = Settings()
     except ValueError as exc:
         return _fail(str(exc), EXIT_USAGE)
-    from_settings = not (args.deployment or args.release)
-    deployment = args.deployment or (None if args.release else settings.worker_deployment)
-    if not (deployment or args.release):
+    by_labels = bool(args.release or args.pool)
+    if args.deployment and args.pool:
+        return _fail("--deployment names the Deployment: give it without --pool", EXIT_USAGE)
+    from_settings = not (args.deployment or by_labels)
+    deployment = args.deployment or (None if by_labels else settings.worker_deployment)
+    if not (deployment or by_labels):
         return _fail(
-            "name the worker Deployment: --release R (found by the chart's labels), "
-            "--deployment NAME, or TASKLANE_WORKER_DEPLOYMENT",
+            "name the worker Deployment: --release R [--pool NAME] (found by the chart's "
+            "labels), --deployment NAME, or TASKLANE_WORKER_DEPLOYMENT",
             EXIT_USAGE,
         )
     try:
@@ -87,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
                 connection.api_client(),
                 namespace=namespace,
                 release=args.release,
+                pool=args.pool,
                 scaled_object=scaled_object,
                 request_timeout=args.timeout,
             )

@@ -24,10 +24,11 @@ from app.core.kubernetes.scaling import (
     EXIT_UNREACHABLE,
     EXIT_USAGE,
     INSTANCE_LABEL,
+    POOL_LABEL,
 )
 from app.core.kubernetes.state import PAUSED, PAUSED_REPLICAS
 from scripts.harness.processes import free_port
-from tests.chart.helpers import SCALED, render_chart
+from tests.chart.helpers import CI_VALUES_DIR, SCALED, render_chart
 from tests.support.kube_api import DEPLOYMENTS, SCALED_OBJECTS, BlackHole, FakeKubeApi, kubeconfig
 
 NS = "prod"
@@ -223,6 +224,70 @@ def test_several_worker_deployments_of_a_release_need_deployment(
     assert not [m for m, *_ in kube.requests if m == "PATCH"]
 
 
+@pytest.fixture
+def pools(kube: FakeKubeApi) -> dict[str, str]:
+    """Release demo's two pools (heavy, light) as the chart renders them (ci/scaled-pools.yaml),
+    with their labels, plus the default pool's Deployment of another release: pool -> name."""
+    kube.delete(DEPLOYMENTS, DEP, NS)
+    rendered = render_chart(values_files=(CI_VALUES_DIR / "scaled-pools.yaml",), name="demo")
+    names = {}
+    for worker in rendered:
+        labels = worker["metadata"]["labels"]
+        if worker["kind"] == "Deployment" and labels[COMPONENT_LABEL] == "worker":
+            kube.add_deployment(worker["metadata"]["name"], replicas=1, namespace=NS, labels=labels)
+            names[labels[POOL_LABEL]] = worker["metadata"]["name"]
+    other = {**DEMO_WORKER_LABELS, INSTANCE_LABEL: "other", POOL_LABEL: "heavy"}
+    kube.add_deployment("other-tasklane-worker-heavy", namespace=NS, labels=other)
+    return names
+
+
+def test_pool_picks_that_pools_deployment_by_the_charts_labels(
+    kube: FakeKubeApi, config_file: str, pools: dict[str, str]
+) -> None:
+    assert pools == {"heavy": "demo-tasklane-worker-heavy", "light": "demo-tasklane-worker-light"}
+    code = scale(
+        "--replicas", "3", "--release", "demo", "--pool", "light", "--kubeconfig", config_file
+    )
+
+    assert code == 0
+    assert kube.get(DEPLOYMENTS, pools["light"], NS)["spec"]["replicas"] == 3
+    assert kube.get(DEPLOYMENTS, pools["heavy"], NS)["spec"]["replicas"] == 1
+    assert kube.get(DEPLOYMENTS, "other-tasklane-worker-heavy", NS)["spec"]["replicas"] == 1
+
+
+def test_a_release_with_several_pools_needs_pool(
+    kube: FakeKubeApi, config_file: str, pools: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = scale("--replicas", "1", "--release", "demo", "--kubeconfig", config_file)
+
+    assert code == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert f"({pools['heavy']}, {pools['light']}): name one with --pool (heavy, light)" in err
+    assert not [m for m, *_ in kube.requests if m == "PATCH"]
+
+
+def test_pool_without_release_needs_it_when_two_releases_have_that_pool(
+    kube: FakeKubeApi, config_file: str, pools: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = scale("--replicas", "2", "--pool", "heavy", "--kubeconfig", config_file)
+    assert code == EXIT_USAGE
+    assert "name the release with --release" in capsys.readouterr().err
+
+    assert scale("--replicas", "2", "--pool", "light", "--kubeconfig", config_file) == 0
+    assert kube.get(DEPLOYMENTS, pools["light"], NS)["spec"]["replicas"] == 2
+
+
+def test_an_unknown_pool_is_not_found(
+    config_file: str, pools: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = scale(
+        "--replicas", "1", "--release", "demo", "--pool", "gpu", "--kubeconfig", config_file
+    )
+
+    assert code == EXIT_NOT_FOUND
+    assert "tasklane.io/pool=gpu" in capsys.readouterr().err
+
+
 def test_wrong_namespace_is_not_found(kube: FakeKubeApi, config_file: str) -> None:
     code = scale(
         "--replicas", "1", "--release", "demo", "-n", "staging", "--kubeconfig", config_file
@@ -311,6 +376,7 @@ def test_a_silent_api_server_times_out_as_unreachable(
     [
         (["--replicas", "1"], "name the worker Deployment"),
         (["--replicas", "1", "--release", "demo", "--kubeconfig", "/nonexistent"], "kubeconfig"),
+        (["--replicas", "1", "--pool", "heavy", "--deployment", DEP], "without --pool"),
     ],
 )
 def test_usage_and_configuration_errors_exit_2(

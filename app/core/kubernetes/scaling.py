@@ -14,7 +14,7 @@ with the other commands in calls.py), with a message that says what to do.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from kubernetes.client.exceptions import ApiException
 
@@ -47,6 +47,7 @@ __all__ = [
     "EXIT_NOT_FOUND",
     "EXIT_UNREACHABLE",
     "EXIT_USAGE",
+    "POOL_LABEL",
     "ScaleError",
     "ScaleOutcome",
     "WorkerScaler",
@@ -62,11 +63,19 @@ EXIT_NOTHING_TO_RESUME = 6
 INSTANCE_LABEL = "app.kubernetes.io/instance"
 COMPONENT_LABEL = "app.kubernetes.io/component"
 WORKER_COMPONENT = "worker"
+#: The worker pool a Deployment runs (_helpers.tpl tasklane.workerPool.labels): "default" for
+#: celery.worker's, the pool's name for each of celery.workerPools.
+POOL_LABEL = "tasklane.io/pool"
 
 
-def release_worker_selector(release: str) -> str:
-    """The labelSelector matching the worker Deployment(s) of the Helm release `release`."""
-    return f"{INSTANCE_LABEL}={release},{COMPONENT_LABEL}={WORKER_COMPONENT}"
+def release_worker_selector(release: str | None, pool: str | None = None) -> str:
+    """The labelSelector matching the worker Deployment(s) of the Helm release `release` (None:
+    of any release), only pool `pool`'s when given."""
+    terms = [f"{INSTANCE_LABEL}={release}"] if release else []
+    terms.append(f"{COMPONENT_LABEL}={WORKER_COMPONENT}")
+    if pool:
+        terms.append(f"{POOL_LABEL}={pool}")
+    return ",".join(terms)
 
 
 #: `tasklane scale` cannot do what was asked; `exit_code` says which failure it is.
@@ -144,14 +153,17 @@ class WorkerScaler:
         api_client: ApiClient,
         *,
         namespace: str,
-        release: str,
+        release: str | None,
+        pool: str | None = None,
         scaled_object: str | None = None,
         request_timeout: float = 10.0,
     ) -> WorkerScaler:
-        """The scaler of `release`'s worker Deployment, listed by the chart's labels.
+        """The scaler of `release`'s worker Deployment (of pool `pool` when given; of any
+        release when `release` is None), listed by the chart's labels.
 
         Raises ScaleError: EXIT_NOT_FOUND when no Deployment carries them, EXIT_USAGE when
-        several do (name one with --deployment).
+        several do (name the pool with --pool, the release with --release, or the Deployment
+        with --deployment).
         """
         scaler = cls(
             api_client,
@@ -160,7 +172,7 @@ class WorkerScaler:
             scaled_object=scaled_object,
             request_timeout=request_timeout,
         )
-        selector = release_worker_selector(release)
+        selector = release_worker_selector(release, pool)
         try:
             listed = scaler._call(
                 "list deployments",
@@ -172,19 +184,19 @@ class WorkerScaler:
             if exc.status != 404:
                 raise
             listed = {}
-        names = sorted(item["metadata"]["name"] for item in listed.get("items") or ())
+        items = sorted(listed.get("items") or (), key=lambda item: item["metadata"]["name"])
+        names = [item["metadata"]["name"] for item in items]
+        whose = f"release {release}" if release else f"pool {pool}"
         if not names:
             raise ScaleError(
-                f"no worker Deployment of release {release} in namespace {namespace} (none "
-                f"labelled {selector}): check the release name (workers exist only with "
-                "celery.enabled=true) and --namespace",
+                f"no worker Deployment of {whose} in namespace {namespace} (none labelled "
+                f"{selector}): check the release name (workers exist only with "
+                "celery.enabled=true), the pool name and --namespace",
                 EXIT_NOT_FOUND,
             )
         if len(names) > 1:
             raise ScaleError(
-                f"release {release} has several worker Deployments in namespace {namespace} "
-                f"({', '.join(names)}): name one with --deployment",
-                EXIT_USAGE,
+                _several(whose, namespace, items, pool_given=pool is not None), EXIT_USAGE
             )
         scaler.deployment = names[0]
         scaler.scaled_object = scaled_object or names[0]
@@ -307,3 +319,23 @@ class WorkerScaler:
             name,
             {"metadata": {"annotations": annotations}},
         )
+
+
+def _several(whose: str, namespace: str, items: list[dict[str, Any]], *, pool_given: bool) -> str:
+    """The message for a selection that matched several worker Deployments: which ones, and
+    the option that picks one (--pool by the pools' labels, else --release or --deployment)."""
+    names = ", ".join(item["metadata"]["name"] for item in items)
+    pools = sorted(
+        {
+            str(pool)
+            for item in items
+            if (pool := (item["metadata"].get("labels") or {}).get(POOL_LABEL))
+        }
+    )
+    if pool_given:
+        hint = "name the release with --release, or one with --deployment"
+    elif pools:
+        hint = f"name one with --pool ({', '.join(pools)}) or --deployment"
+    else:
+        hint = "name one with --deployment"
+    return f"{whose} has several worker Deployments in namespace {namespace} ({names}): {hint}"
