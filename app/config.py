@@ -127,13 +127,18 @@ class Settings(BaseSettings):
     worker_metrics_host: str = "0.0.0.0"
 
     # -- Kubernetes awareness (app/core/kubernetes) ---------------------------------------------
-    #: Follow the worker Deployment and its KEDA ScaledObject from the api: "auto" = on inside a
-    #: cluster (KUBERNETES_SERVICE_HOST set) when TASKLANE_WORKER_DEPLOYMENT names the pool.
+    #: Follow the worker Deployments and their KEDA ScaledObjects from the api: "auto" = on
+    #: inside a cluster (KUBERNETES_SERVICE_HOST set) when TASKLANE_WORKER_SELECTOR or
+    #: TASKLANE_WORKER_DEPLOYMENT says which.
     kubernetes: Literal["auto", "on", "off"] = "auto"
     #: Namespace of the worker Deployment; default: the pod's service-account namespace, else
     #: "default".
     namespace: str | None = Field(default=None, min_length=1)
-    #: The worker Deployment (the chart sets `<release>-tasklane-worker`).
+    #: A labelSelector of the worker Deployments, one per pool (the chart sets
+    #: `app.kubernetes.io/instance=<release>,app.kubernetes.io/component=worker`); wins over
+    #: worker_deployment.
+    worker_selector: str | None = Field(default=None, min_length=1)
+    #: One worker Deployment by name (k8s/ manifests and releases of charts before pools).
     worker_deployment: str | None = Field(default=None, min_length=1)
     #: The KEDA ScaledObject that scales it; default: the Deployment's name.
     scaled_object: str | None = Field(default=None, min_length=1)
@@ -197,12 +202,13 @@ class Settings(BaseSettings):
 
     @cached_property
     def kubernetes_enabled(self) -> bool:
-        """Should the api follow the worker Deployment? "auto": in a cluster, with a name."""
+        """Should the api follow the worker Deployments? "auto": in a cluster, told which."""
         if self.kubernetes == "off":
             return False
         if self.kubernetes == "on":
             return True
-        return bool(os.environ.get("KUBERNETES_SERVICE_HOST")) and bool(self.worker_deployment)
+        told = bool(self.worker_selector or self.worker_deployment)
+        return bool(os.environ.get("KUBERNETES_SERVICE_HOST")) and told
 
     @cached_property
     def resolved_namespace(self) -> str:
@@ -238,7 +244,8 @@ class Settings(BaseSettings):
                 "TASKLANE_MEMORY_STORE_MAX_BYTES must be at least TASKLANE_MAX_ARGS_BYTES "
                 "(else a task the submit accepts could never be stored)"
             )
-        if self.kubernetes == "on" and not self.worker_deployment:
+        if self.kubernetes == "on" and not (self.worker_selector or self.worker_deployment):
             raise ValueError(
-                "TASKLANE_KUBERNETES=on needs TASKLANE_WORKER_DEPLOYMENT (the worker Deployment)"
+                "TASKLANE_KUBERNETES=on needs TASKLANE_WORKER_SELECTOR (the worker Deployments' "
+                "labels) or TASKLANE_WORKER_DEPLOYMENT (the worker Deployment)"
             )

@@ -99,10 +99,26 @@ def _routes(report: StatusReport) -> Table:
 
 
 def _kubernetes(info: dict[str, Any]) -> Table:
-    deployment, so = info["deployment"], info["scaled_object"]
     table = Table(title=f"Kubernetes (namespace {info['namespace']})", title_justify="left")
     table.add_column("object")
     table.add_column("state")
+    if info.get("selector") and not info["pools"]:
+        error = info.get("deployment_error")
+        state = escape(f"unreadable: {error}") if error else "none found"
+        table.add_row(escape(f"Deployments {info['selector']}"), state)
+    for pool in info["pools"]:
+        _pool_rows(table, pool, several=len(info["pools"]) > 1)
+    table.add_row("held at zero", "yes" if info["held_at_zero"] else "no")
+    table.add_row(
+        "scale-from-zero",
+        f"{'on' if info['scale_from_zero'] else 'off'} (from {info['scale_from_zero_source']})",
+    )
+    return table
+
+
+def _pool_rows(table: Table, pool: dict[str, Any], *, several: bool) -> None:
+    """One worker pool's Deployment and ScaledObject (and, among several, whether it is held)."""
+    deployment, so = pool["deployment"], pool["scaled_object"]
     if deployment.get("error"):
         dep_state = escape(f"unreadable: {deployment['error']}")
     elif deployment.get("found"):
@@ -110,6 +126,8 @@ def _kubernetes(info: dict[str, Any]) -> Table:
             f"replicas {deployment['replicas']} (running {deployment['current_replicas']}, "
             f"ready {deployment['ready_replicas']})"
         )
+        if pool.get("queues") is not None:
+            dep_state += escape(f"; queues {', '.join(pool['queues'])}")
     else:
         dep_state = "not found"
     if so.get("error"):
@@ -123,14 +141,10 @@ def _kubernetes(info: dict[str, Any]) -> Table:
         )
     else:
         so_state = "none"
+    if several and pool["held_at_zero"]:
+        dep_state += " - held at zero"
     table.add_row(f"Deployment {deployment['name']}", dep_state)
     table.add_row(f"ScaledObject {so['name']}", so_state)
-    table.add_row("held at zero", "yes" if info["held_at_zero"] else "no")
-    table.add_row(
-        "scale-from-zero",
-        f"{'on' if info['scale_from_zero'] else 'off'} (from {info['scale_from_zero_source']})",
-    )
-    return table
 
 
 def _failures(report: StatusReport) -> Table:

@@ -121,7 +121,9 @@ def build_executor(
 def watcher_from_settings(settings: Settings) -> KubeWatcher | None:
     """The api's KubeWatcher when Kubernetes awareness is on, else None (also when no
     configuration loads: logged, and routing keeps to heartbeats and the flag)."""
-    if not settings.kubernetes_enabled or not settings.worker_deployment:
+    if not settings.kubernetes_enabled or not (
+        settings.worker_selector or settings.worker_deployment
+    ):
         return None
     # Imported here, as Celery's modules are below: single mode loads neither (nor urllib3).
     from app.core.kubernetes.client import KubeConfigError, load_connection
@@ -136,6 +138,7 @@ def watcher_from_settings(settings: Settings) -> KubeWatcher | None:
         connection.api_client(),
         namespace=settings.namespace or connection.namespace or settings.resolved_namespace,
         deployment=settings.worker_deployment,
+        selector=settings.worker_selector,
         scaled_object=settings.resolved_scaled_object,
         scale_from_zero_flag=settings.scale_from_zero,
     )

@@ -1,8 +1,10 @@
-"""The api's read-only access to the worker Deployment and its ScaledObject: rendered only in
-scaled mode with rbac.create, scoped to the release namespace, and the only pod with a token."""
+"""The api's read-only access to the worker Deployments and their ScaledObjects: rendered only
+in scaled mode with rbac.create, scoped to the release namespace, and the only pod with a token.
+get/list/watch on deployments covers the watch's labelSelector list of every pool."""
 
 from __future__ import annotations
 
+from app.core.kubernetes.scaling import release_worker_selector
 from tests.chart.helpers import SCALED, container, env_map, find, get, pod_spec, render_chart
 
 API = "tl-tasklane-api"
@@ -46,9 +48,11 @@ def test_only_the_api_pod_mounts_a_token_and_it_knows_which_deployment_to_watch(
         "tl-tasklane-redis": False,
     }
     env = env_map(container(get(manifests, "Deployment", API), "api"))
-    assert env["TASKLANE_WORKER_DEPLOYMENT"]["value"] == "tl-tasklane-worker"
+    # Every pool's Deployment, by the labels `tasklane scale --release` selects by too.
+    assert env["TASKLANE_WORKER_SELECTOR"]["value"] == release_worker_selector("tl")
+    assert "TASKLANE_WORKER_DEPLOYMENT" not in env
     worker_env = env_map(container(get(manifests, "Deployment", "tl-tasklane-worker"), "worker"))
-    assert "TASKLANE_WORKER_DEPLOYMENT" not in worker_env
+    assert "TASKLANE_WORKER_SELECTOR" not in worker_env
 
 
 def test_single_mode_and_rbac_off_render_no_role_and_no_token() -> None:
@@ -58,4 +62,4 @@ def test_single_mode_and_rbac_off_render_no_role_and_no_token() -> None:
         assert not find(manifests, "RoleBinding", API)
         api = get(manifests, "Deployment", API)
         assert pod_spec(api)["automountServiceAccountToken"] is False
-        assert "TASKLANE_WORKER_DEPLOYMENT" not in env_map(container(api, "api"))
+        assert "TASKLANE_WORKER_SELECTOR" not in env_map(container(api, "api"))

@@ -167,6 +167,7 @@ class FakeKubeApi:
         namespace: str = "default",
         ready: int | None = None,
         labels: dict[str, str] | None = None,
+        annotations: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         obj = {
             "apiVersion": "apps/v1",
@@ -181,6 +182,8 @@ class FakeKubeApi:
         }
         if labels:
             obj["metadata"]["labels"] = labels
+        if annotations:
+            obj["metadata"]["annotations"] = annotations
         return self.put(DEPLOYMENTS, obj, "ADDED")
 
     def add_scaled_object(
@@ -517,12 +520,16 @@ class _Handler(BaseHTTPRequestHandler):
         selector = query.get("fieldSelector") or ""
         return selector.removeprefix("metadata.name=") if selector else None
 
-    def _list(self, plural: str, ns: str, query: dict[str, str]) -> None:
-        wanted = self._selected(query)
-        # Equality terms only ("k=v,k2=v2"): what tasklane's code sends.
-        labels = dict(
+    @staticmethod
+    def _labels(query: dict[str, str]) -> dict[str, str]:
+        """The labelSelector's terms; equality terms only ("k=v,k2=v2"): what tasklane sends."""
+        return dict(
             term.split("=", 1) for term in (query.get("labelSelector") or "").split(",") if term
         )
+
+    def _list(self, plural: str, ns: str, query: dict[str, str]) -> None:
+        wanted = self._selected(query)
+        labels = self._labels(query)
         with self.fake.changed:
             items = [
                 copy.deepcopy(obj)
@@ -547,9 +554,16 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         stream = _Stream(self)
 
+        labels = self._labels(query)
+
         def matches(kind: str, obj: dict[str, Any]) -> bool:
             meta = obj["metadata"]
-            return kind == plural and meta["namespace"] == ns and wanted in (None, meta["name"])
+            return (
+                kind == plural
+                and meta["namespace"] == ns
+                and wanted in (None, meta["name"])
+                and labels.items() <= (meta.get("labels") or {}).items()
+            )
 
         with self.fake.changed:
             self.fake.streams.append(stream)

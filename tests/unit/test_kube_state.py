@@ -14,6 +14,7 @@ from app.core.kubernetes.state import (
     PAUSED_REPLICAS,
     DeploymentState,
     KubeView,
+    PoolView,
     ScaledObjectState,
     pod_matcher,
     runs_in,
@@ -41,8 +42,9 @@ def scaled_object(
     )
 
 
-def view(**fields: Any) -> KubeView:
-    return KubeView(namespace="ns", deployment_name=DEP, scaled_object_name=DEP, **fields)
+def view(**fields: Any) -> PoolView:
+    """One pool: the worker Deployment DEP and the ScaledObject targeting it."""
+    return PoolView(namespace="ns", deployment_name=DEP, scaled_object_name=DEP, **fields)
 
 
 def test_objects_parse_with_the_api_servers_defaults() -> None:
@@ -182,3 +184,78 @@ def test_namespace_defaults_to_the_service_account_namespace_then_default(
     assert Settings(namespace="staging").resolved_namespace == "staging"
     assert Settings(worker_deployment=DEP).resolved_scaled_object == DEP
     assert Settings(worker_deployment=DEP, scaled_object="so").resolved_scaled_object == "so"
+
+
+def _pool(name: str, queues: str | None, replicas: int) -> DeploymentState:
+    annotations = {"tasklane.io/queues": queues} if queues is not None else {}
+    return DeploymentState.from_json(
+        {"metadata": {"name": name, "annotations": annotations}, "spec": {"replicas": replicas}}
+    )
+
+
+def pools_view(heavy_replicas: int, *scaled: ScaledObjectState) -> KubeView:
+    """Two pools found by labels: heavy (queue heavy) and light (light)."""
+    return KubeView(
+        namespace="ns",
+        selector="app.kubernetes.io/instance=tl,app.kubernetes.io/component=worker",
+        deployments=(_pool("tl-heavy", "heavy", heavy_replicas), _pool("tl-light", "light", 2)),
+        deployment_known=True,
+        scaled_objects=scaled,
+        scaled_object_known=True,
+        keda_installed=True,
+    )
+
+
+def test_a_pool_held_at_zero_holds_only_the_queues_no_other_pool_consumes() -> None:
+    subject = pools_view(0)
+
+    assert [p.deployment_name for p in subject.pools] == ["tl-heavy", "tl-light"]
+    assert [p.deployment_name for p in subject.held(False)] == ["tl-heavy"]
+    assert subject.held_at_zero(False, "heavy")
+    assert not subject.held_at_zero(False, "light")
+    assert subject.held_at_zero(False)  # some pool is held
+    assert not subject.held_at_zero(False, "video")  # no pool consumes it: heartbeats decide
+    # A third pool consuming heavy too, and running, keeps heavy served.
+    both = KubeView(
+        namespace="ns",
+        selector="x=y",
+        deployments=(*subject.deployments, _pool("tl-heavy2", "heavy,light", 1)),
+        deployment_known=True,
+        scaled_object_known=True,
+    )
+    assert not both.held_at_zero(False, "heavy")
+
+
+def test_scale_from_zero_is_per_queue_from_the_pools_consuming_it() -> None:
+    keda = ScaledObjectState.from_json(
+        {"metadata": {"name": "tl-light"}, "spec": {"scaleTargetRef": {"name": "tl-light"}}}
+    )
+    subject = pools_view(1, keda)
+
+    assert subject.scale_from_zero("light") is True
+    assert subject.scale_from_zero("heavy") is False  # its pool has no ScaledObject
+    assert subject.scale_from_zero() is True
+    described = subject.describe(scale_from_zero_flag=False)
+    assert [(p["deployment"]["name"], p["queues"]) for p in described["pools"]] == [
+        ("tl-heavy", ["heavy"]),
+        ("tl-light", ["light"]),
+    ]
+    assert "deployment" not in described  # several pools: no single Deployment to show
+    unknown = KubeView(namespace="ns", selector="x=y", deployments=subject.deployments)
+    assert unknown.scale_from_zero("light") is None  # no data: the flag decides
+
+
+def test_a_deployment_without_the_queues_annotation_consumes_every_queue() -> None:
+    """TASKLANE_WORKER_DEPLOYMENT of an older release: one pool for every queue, as before."""
+    subject = KubeView(
+        namespace="ns",
+        deployment_name="old-worker",
+        scaled_object_name="old-worker",
+        deployments=(_pool("old-worker", None, 0),),
+        deployment_known=True,
+        scaled_object_known=True,
+    )
+
+    assert subject.held_at_zero(False, "heavy")
+    assert subject.held_at_zero(False, "anything")
+    assert subject.describe(False)["deployment"]["name"] == "old-worker"

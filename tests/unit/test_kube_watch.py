@@ -27,6 +27,7 @@ from kubernetes.client import ApiClient
 from prometheus_client import REGISTRY
 
 from app.config import Settings
+from app.core.kubernetes.scaling import COMPONENT_LABEL, POOL_LABEL, release_worker_selector
 from app.core.kubernetes.state import PAUSED_REPLICAS
 from app.core.kubernetes.watch import KubeWatcher
 from app.core.tasks import TaskManager
@@ -35,6 +36,7 @@ from app.core.tasks.presence import WorkerInfo, WorkerKeys, write_heartbeat
 from app.core.tasks.registry import TaskRegistry, task
 from app.wiring import build_task_manager
 from scripts.harness.processes import free_port
+from tests.chart.helpers import CI_VALUES_DIR, container, env_map, render_chart
 from tests.support.kube_api import DEPLOYMENTS, HANG_UP, SCALED_OBJECTS, FakeKubeApi
 
 DEP = "demo-tasklane-worker"
@@ -315,6 +317,79 @@ async def test_paused_replicas_zero_is_not_servable_even_with_fresh_heartbeats(
     kube.patch(SCALED_OBJECTS, DEP, {"metadata": {"annotations": {PAUSED_REPLICAS: "2"}}})
     await await_until(lambda: monitor.can_serve("heavy"), within=1.0)
     assert not monitor.autoscales_from_zero()  # paused at 2: heartbeats decide
+    await monitor.stop()
+
+
+def _release_pools(kube: FakeKubeApi) -> tuple[dict[str, str], str]:
+    """Release demo of ci/scaled-pools.yaml in the stand-in API, as the chart renders it: each
+    pool's Deployment (labels, tasklane.io/queues) and ScaledObject. Returns pool -> Deployment
+    name, and the api's TASKLANE_WORKER_SELECTOR."""
+    rendered = render_chart(values_files=(CI_VALUES_DIR / "scaled-pools.yaml",), name="demo")
+    names = {}
+    for obj in rendered:
+        meta = obj["metadata"]
+        if obj["kind"] == "Deployment" and meta["labels"][COMPONENT_LABEL] == "worker":
+            kube.add_deployment(
+                meta["name"], replicas=1, labels=meta["labels"], annotations=meta["annotations"]
+            )
+            names[meta["labels"][POOL_LABEL]] = meta["name"]
+        elif obj["kind"] == "ScaledObject":
+            spec = obj["spec"]
+            kube.add_scaled_object(
+                meta["name"],
+                target=spec["scaleTargetRef"]["name"],
+                min_replicas=spec["minReplicaCount"],
+                max_replicas=spec["maxReplicaCount"],
+            )
+    api = next(
+        o
+        for o in rendered
+        if o["kind"] == "Deployment" and o["metadata"]["name"] == "demo-tasklane-api"
+    )
+    selector = env_map(container(api, "api"))["TASKLANE_WORKER_SELECTOR"]["value"]
+    return names, selector
+
+
+@pytest.mark.asyncio
+async def test_two_pools_one_paused_at_zero_leaves_only_its_queue_unserved(
+    redis_url: str, kube: FakeKubeApi, client: redis.Redis, watchers: Callable[..., KubeWatcher]
+) -> None:
+    pools, selector = _release_pools(kube)
+    # Another release's worker and the api are never followed.
+    kube.add_deployment("other-tasklane-worker", replicas=0, labels={COMPONENT_LABEL: "worker"})
+    assert selector == release_worker_selector("demo")
+    beat(client, pod(pools["heavy"]), queues=("heavy",))
+    beat(client, pod(pools["light"]), queues=("light",))
+    watcher = watchers(kube, deployment=None, selector=selector)
+    monitor = make_monitor(redis_url, watcher)
+    await monitor.refresh()
+    await await_until(lambda: len(watcher.view.pools) == 2 and watcher.view.scaled_object_known)
+    for queue in ("heavy", "light"):
+        assert monitor.can_serve(queue)
+        assert monitor.autoscales_from_zero(queue)
+
+    # tasklane scale --release demo --pool heavy --replicas 0: KEDA paused at zero.
+    kube.patch(
+        SCALED_OBJECTS, pools["heavy"], {"metadata": {"annotations": {PAUSED_REPLICAS: "0"}}}
+    )
+    await await_until(lambda: not monitor.can_serve("heavy"), within=1.0)
+
+    assert monitor.can_serve("light")
+    assert monitor.live_workers("heavy") == 0  # its pod is draining, heartbeat or not
+    assert monitor.live_workers("light") == 1
+    assert not monitor.autoscales_from_zero("heavy")
+    assert monitor.autoscales_from_zero("light")
+    assert [p.deployment_name for p in watcher.view.held(False)] == [pools["heavy"]]
+    described = monitor.describe()["kubernetes"]
+    assert {p["deployment"]["name"]: p["queues"] for p in described["pools"]} == {
+        pools["heavy"]: ["heavy"],
+        pools["light"]: ["light"],
+    }
+
+    # The light pool scaled to zero by hand too (no autoscaler left on it): both unserved.
+    kube.delete(SCALED_OBJECTS, pools["light"])
+    kube.scale(pools["light"], 0)
+    await await_until(lambda: not monitor.can_serve("light"), within=1.0)
     await monitor.stop()
 
 

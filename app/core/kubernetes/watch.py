@@ -1,12 +1,15 @@
-"""KubeWatcher: follows the worker Deployment and its ScaledObject from two daemon threads.
+"""KubeWatcher: follows the worker Deployments and their ScaledObjects from two daemon threads.
 
 Each thread runs the informer loop client-go uses: list, then watch from the list's
 resourceVersion; a stream the server ends resumes from the last resourceVersion seen, a 410 Gone
-or a broken stream lists again. The Deployment is selected by name (fieldSelector); the
-namespace's ScaledObjects are all followed (a namespace holds few) and the one targeting the
-Deployment is kept, preferring TASKLANE_SCALED_OBJECT's name, so a ScaledObject named otherwise
-is still found. The answer is one immutable KubeView that `view` returns without locking, so the
-WorkerMonitor reads it on the request path with no I/O.
+or a broken stream lists again. The Deployments are the release's worker pools, selected by the
+chart's labels (TASKLANE_WORKER_SELECTOR, labelSelector), or one Deployment by name
+(TASKLANE_WORKER_DEPLOYMENT, fieldSelector: k8s/ users and releases of older charts); the
+namespace's ScaledObjects are all followed (a namespace holds few) and each Deployment is paired
+with the one targeting it, preferring TASKLANE_SCALED_OBJECT's name (by selector: the
+Deployment's own), so a ScaledObject named otherwise is still found. The answer is one
+immutable KubeView that `view` returns without locking, so the WorkerMonitor reads it on the
+request path with no I/O.
 
 Failures never reach routing: a list that fails (RBAC 403, API server unreachable, 5xx) marks
 that object unknown, so routing falls back to heartbeats and TASKLANE_SCALE_FROM_ZERO; it is
@@ -61,11 +64,13 @@ class _Kind:
     """One followed kind: how to list/watch it, and which object of it matters."""
 
     label: str
-    #: The Deployment's name; for ScaledObjects the preferred name.
+    #: What is followed, for log lines: the Deployment's name or selector; for ScaledObjects
+    #: the preferred name.
     name: str
     #: Lists (or with watch=True, watches) the namespace's objects of this kind.
     call: Callable[..., Any]
     field_selector: str | None
+    label_selector: str | None = None
 
     @property
     def optional(self) -> bool:
@@ -74,14 +79,18 @@ class _Kind:
 
 
 class KubeWatcher:
-    """The api's view of the worker Deployment and its ScaledObject, kept current by watches."""
+    """The api's view of the worker Deployments and their ScaledObjects, kept current by watches.
+
+    Give `selector` (a labelSelector: every pool of a release) or `deployment` (one by name).
+    """
 
     def __init__(
         self,
         api_client: ApiClient,
         *,
         namespace: str,
-        deployment: str,
+        deployment: str | None = None,
+        selector: str | None = None,
         scaled_object: str | None = None,
         scale_from_zero_flag: bool = False,
         watch_timeout: int = 290,
@@ -101,7 +110,10 @@ class KubeWatcher:
         self.poll_interval = poll_interval
         self.keda_recheck = keda_recheck
         self.backoff = (backoff_initial, backoff_max)
-        scaled_object = scaled_object or deployment
+        if not (selector or deployment):
+            raise ValueError("KubeWatcher needs a Deployment name or a label selector")
+        deployment = "" if selector else deployment or ""
+        scaled_object = "" if selector else scaled_object or deployment
         apps, custom = AppsV1Api(api_client), CustomObjectsApi(api_client)
 
         def list_scaled_objects(namespace: str, **query: Any) -> Any:
@@ -112,14 +124,18 @@ class KubeWatcher:
         self.kinds = (
             _Kind(
                 DEPLOYMENT,
-                deployment,
+                selector or deployment,
                 apps.list_namespaced_deployment,
-                f"metadata.name={deployment}",
+                None if selector else f"metadata.name={deployment}",
+                selector,
             ),
             _Kind(SCALED_OBJECT, scaled_object, list_scaled_objects, None),
         )
         self._view = KubeView(
-            namespace=namespace, deployment_name=deployment, scaled_object_name=scaled_object
+            namespace=namespace,
+            deployment_name=deployment,
+            scaled_object_name=scaled_object,
+            selector=selector,
         )
         #: Raw objects of each kind by name, as the last list and the events since left them.
         self._objects: dict[str, dict[str, dict[str, Any]]] = {k.label: {} for k in self.kinds}
@@ -156,7 +172,8 @@ class KubeWatcher:
         for thread in self._threads:
             thread.start()
         log.info(
-            "following Deployment %s (and its ScaledObject) in namespace %s",
+            "following %s %s (and their ScaledObjects) in namespace %s",
+            "the Deployments labelled" if self._view.selector else "Deployment",
             self.kinds[0].name,
             self.namespace,
         )
@@ -261,6 +278,7 @@ class KubeWatcher:
         response = kind.call(
             self.namespace,
             field_selector=kind.field_selector,
+            label_selector=kind.label_selector,
             _preload_content=False,
             _request_timeout=(self.request_timeout, self.request_timeout),
         )
@@ -282,6 +300,7 @@ class KubeWatcher:
         response = kind.call(
             self.namespace,
             field_selector=kind.field_selector,
+            label_selector=kind.label_selector,
             watch=True,
             allow_watch_bookmarks=True,
             resource_version=version or None,
@@ -328,25 +347,18 @@ class KubeWatcher:
         """Turn the raw objects of `kind` into the view's state."""
         with self._lock:
             objects = dict(self._objects[kind.label])
+        by_name = [objects[name] for name in sorted(objects)]
         if not kind.optional:
-            raw = objects.get(kind.name)
             self._update(
                 kind,
-                deployment=DeploymentState.from_json(raw) if raw is not None else None,
+                deployments=tuple(DeploymentState.from_json(raw) for raw in by_name),
                 deployment_known=True,
                 deployment_error=None,
             )
             return
-        deployment = self.kinds[0].name
-        targeting = sorted(
-            (ScaledObjectState.from_json(raw) for raw in objects.values()),
-            # The preferred name first, then by name: one stable choice if several target it.
-            key=lambda so: (so.name != kind.name, so.name),
-        )
-        chosen = next((so for so in targeting if so.targets(deployment)), None)
         self._update(
             kind,
-            scaled_object=chosen,
+            scaled_objects=tuple(ScaledObjectState.from_json(raw) for raw in by_name),
             scaled_object_known=True,
             keda_installed=True,
             scaled_object_error=None,
@@ -355,7 +367,7 @@ class KubeWatcher:
     def _crd_absent(self) -> None:
         self._update(
             self.kinds[1],
-            scaled_object=None,
+            scaled_objects=(),
             scaled_object_known=True,
             keda_installed=False,
             scaled_object_error=None,
@@ -371,9 +383,10 @@ class KubeWatcher:
             after = replace(before, **changes)
             if after == before:
                 return
+            # Logged before the view is published: whoever sees the new view finds its log line.
+            log_change(kind.label, kind.name, before, after, self.scale_from_zero_flag)
             self._view = after
             self.updates += 1
-        log_change(kind.label, kind.name, before, after, self.scale_from_zero_flag)
 
 
 def _name(obj: dict[str, Any]) -> str:

@@ -120,10 +120,8 @@ class WorkerMonitor:
         self.interval = interval
         #: TASKLANE_SCALE_FROM_ZERO: the answer while Kubernetes says nothing about KEDA.
         self.scale_from_zero = scale_from_zero
-        #: The worker Deployment and ScaledObject, when the api follows them (else None).
+        #: The worker Deployments and ScaledObjects, when the api follows them (else None).
         self.kubernetes = kubernetes
-        # Tells that Deployment's pods (celery@<deployment>-<hash>-<id>) from other workers.
-        self._pods = pod_matcher(kubernetes.view.deployment_name) if kubernetes else None
         #: The liveness rule of workers beating every heartbeat_interval (presence.py).
         self.rule = LivenessRule.for_interval(heartbeat_interval)
         self.liveness = self.rule.liveness
@@ -168,31 +166,39 @@ class WorkerMonitor:
 
     def can_serve(self, queue: str) -> bool:
         """Will a task sent to `queue` be taken? A live worker consumes it, or autoscaling
-        from zero applies (an empty pool is then not an outage); never while the worker
-        Deployment is held at zero, unless a worker outside it consumes the queue."""
-        if self.held_at_zero():
+        from zero applies to it (an empty pool is then not an outage); never while every
+        worker pool consuming it is held at zero, unless a worker outside them consumes it."""
+        if self.held_at_zero(queue):
             return self.live_workers(queue) > 0
-        return self.autoscales_from_zero() or self.live_workers(queue) > 0
+        return self.autoscales_from_zero(queue) or self.live_workers(queue) > 0
 
-    def held_at_zero(self) -> bool:
-        """Does Kubernetes say the worker Deployment is held at zero replicas right now?"""
+    def held_at_zero(self, queue: str | None = None) -> bool:
+        """Does Kubernetes say every worker pool consuming `queue` is held at zero replicas
+        right now? (None: is any pool held?)"""
         return self.kubernetes is not None and self.kubernetes.view.held_at_zero(
-            self.scale_from_zero
+            self.scale_from_zero, queue
         )
 
-    def autoscales_from_zero(self) -> bool:
-        """Scale-from-zero as the ScaledObject says it, else TASKLANE_SCALE_FROM_ZERO."""
+    def autoscales_from_zero(self, queue: str | None = None) -> bool:
+        """Scale-from-zero for `queue` as the ScaledObjects of the pools consuming it say (None:
+        of any pool), else TASKLANE_SCALE_FROM_ZERO."""
         if self.kubernetes is not None:
-            from_objects = self.kubernetes.view.scale_from_zero()
+            from_objects = self.kubernetes.view.scale_from_zero(queue)
             if from_objects is not None:
                 return from_objects
         return self.scale_from_zero
 
     def _serving(self, now: float) -> tuple[WorkerInfo, ...]:
         live = self._snapshot.live(now)
-        if self._pods is None or not self.held_at_zero():
+        if self.kubernetes is None:
             return live
-        return tuple(worker for worker in live if not runs_in(worker.hostname, self._pods))
+        # The pods of held pools (celery@<deployment>-<hash>-<id>) are draining.
+        held = [
+            pod_matcher(p.deployment_name) for p in self.kubernetes.view.held(self.scale_from_zero)
+        ]
+        if not held:
+            return live
+        return tuple(w for w in live if not any(runs_in(w.hostname, pods) for pods in held))
 
     def describe(self) -> dict[str, object]:
         snapshot, now = self._snapshot, time.time()

@@ -361,6 +361,15 @@ hpa
 {{- include "tasklane.workerPool.autoscaler" (list . .Values.celery.worker) -}}
 {{- end -}}
 
+{{/*
+The labelSelector of every worker pool's Deployment of this release (the api's watch,
+TASKLANE_WORKER_SELECTOR; `tasklane scale --release` builds the same one: app/core/kubernetes/
+scaling.py release_worker_selector, and tests/unit/test_kube_watch.py checks they agree).
+*/}}
+{{- define "tasklane.worker.selector" -}}
+app.kubernetes.io/instance={{ .Release.Name }},app.kubernetes.io/component=worker
+{{- end -}}
+
 {{/* "true" when some pool's ScaledObject is rendered (TriggerAuthentication, Redis NetworkPolicy). */}}
 {{- define "tasklane.workers.useKeda" -}}
 {{- range include "tasklane.workerPools" $ | fromJsonArray -}}
@@ -472,10 +481,11 @@ call like: include "tasklane.env" (list . "worker")
 {{- end }}
 {{- end }}
 {{- if and (eq $component "api") (include "tasklane.api.watchesKubernetes" $root) }}
-# The api follows this Deployment (and the ScaledObject targeting it) with the Role below;
-# TASKLANE_KUBERNETES stays auto: on inside a cluster, off when the container runs elsewhere.
-- name: TASKLANE_WORKER_DEPLOYMENT
-  value: {{ include "tasklane.worker.fullname" $root | quote }}
+# The api follows the worker Deployments with these labels, one per pool (and the ScaledObject
+# targeting each) with the Role below; TASKLANE_KUBERNETES stays auto: on inside a cluster, off
+# when the container runs elsewhere.
+- name: TASKLANE_WORKER_SELECTOR
+  value: {{ include "tasklane.worker.selector" $root | quote }}
 {{- end }}
 {{- if eq $component "api" }}
 - name: TASKLANE_API_TOKEN
