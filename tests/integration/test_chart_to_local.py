@@ -8,7 +8,9 @@ Secrets read from that stand-in, rewritten only as scripts/harness/chart_to_loca
 start as local processes — in scaled mode the chart's own Redis container too, on Debian's
 redis-server with the generated password — and then: the probes the chart declares pass, and a
 task submitted over HTTP completes where the mode says (in the api in single mode, on the
-Celery worker in scaled mode).
+Celery worker in scaled mode). With worker pools (ci/scaled-pools.yaml), each pool's rendered
+worker container runs as its own process, and a task of each queue completes on the pool that
+consumes it.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from scripts.harness.chart_to_local import (
@@ -35,7 +38,7 @@ from scripts.harness.chart_to_local import (
     render,
     settings_env_names,
 )
-from scripts.harness.processes import clean_environment, wait_for_port
+from scripts.harness.processes import REPO_ROOT, clean_environment, wait_for_port
 from tests.support.kube_api import FakeKubeApi
 
 pytestmark = pytest.mark.integration
@@ -208,6 +211,31 @@ def submit_and_wait(
         time.sleep(0.2)
 
 
+def finished_on(worker: LocalContainer) -> dict[tuple[str, str, str], float]:
+    """tasklane_tasks_finished_total by (task, executor, status), from the worker process's own
+    metrics endpoint (its rendered container port, rewritten): what that process ran."""
+    (metrics_port,) = worker.ports.values()
+    metrics = wait_http(f"http://127.0.0.1:{metrics_port}", "/metrics").text
+    return {
+        (sample.labels["task"], sample.labels["executor"], sample.labels["status"]): sample.value
+        for family in text_string_to_metric_families(metrics)
+        for sample in family.samples
+        if sample.name == "tasklane_tasks_finished_total"
+    }
+
+
+def start_chart_redis(cluster: Cluster, pods: LocalPods) -> LocalContainer:
+    """The chart's own Redis container, on Debian's redis-server (its port rewritten), bound to
+    its Service."""
+    redis = cluster.container("StatefulSet", f"{FULLNAME}-redis", "redis")
+    (redis_port,) = redis.ports.values()
+    redis.argv += ["--port", str(redis_port), "--bind", "127.0.0.1"]
+    pods.start(redis)
+    wait_for_port(redis_port, timeout=15)
+    cluster.bind_service(f"{FULLNAME}-redis", {6379: redis_port})
+    return redis
+
+
 def test_single_mode_api_runs_from_its_rendered_container(
     pods: LocalPods, kube: FakeKubeApi, tmp_path: Path
 ) -> None:
@@ -254,15 +282,8 @@ def test_scaled_mode_runs_redis_api_worker_and_beat_from_their_rendered_containe
     assert kube.secret_data(f"{FULLNAME}-redis-auth", NAMESPACE) == password
     keda_names = keda_env_names(cluster)
 
-    # The chart's own Redis container, on Debian's redis-server (its port rewritten).
-    redis = cluster.container("StatefulSet", f"{FULLNAME}-redis", "redis")
+    redis = start_chart_redis(cluster, pods)
     assert_env_is_read(cluster, redis, {"REDISCLI_AUTH"})  # redis-cli (probes) reads it
-    (redis_port,) = redis.ports.values()
-    redis.argv += ["--port", str(redis_port), "--bind", "127.0.0.1"]
-    pods.start(redis)
-    wait_for_port(redis_port, timeout=15)
-    for service in (f"{FULLNAME}-redis",):
-        cluster.bind_service(service, {6379: redis_port})
 
     api = cluster.container("Deployment", f"{FULLNAME}-api", "api")
     worker = cluster.container("Deployment", f"{FULLNAME}-worker", "worker")
@@ -309,14 +330,52 @@ def test_scaled_mode_runs_redis_api_worker_and_beat_from_their_rendered_containe
     assert str(record["worker"]).startswith("celery@")
 
     # The worker pod's metrics endpoint on its (rewritten) container port counted it.
-    (metrics_port,) = worker.ports.values()
-    metrics = wait_http(f"http://127.0.0.1:{metrics_port}", "/metrics").text
-    finished = {
-        (sample.labels["task"], sample.labels["executor"], sample.labels["status"]): sample.value
-        for family in text_string_to_metric_families(metrics)
-        for sample in family.samples
-        if sample.name == "tasklane_tasks_finished_total"
-    }
+    finished = finished_on(worker)
     assert finished.get(("calculate_all_ratings", "celery", "SUCCESS")) == 1, finished
     # Beat runs its schedule from the rendered command (one instance: it is not -B).
     assert "beat: Starting" in pods.log(beat), pods.log(beat)
+
+
+def test_each_worker_pool_runs_the_tasks_of_its_own_queue(
+    pods: LocalPods, kube: FakeKubeApi, tmp_path: Path
+) -> None:
+    """ci/scaled-pools.yaml: pools heavy (queue heavy, concurrency 1) and light (queue light,
+    concurrency 8), no default pool. Each pool's rendered worker container runs as its own
+    process; a heavy task (calculate_all_ratings) completes on the heavy pool's process and a
+    light one (send_notification, pinned to Celery: the hybrid executor would run it in the api)
+    on the light pool's, as each process's own metrics endpoint shows."""
+    values_file = REPO_ROOT / "charts" / "tasklane" / "ci" / "scaled-pools.yaml"
+    values = yaml.safe_load(values_file.read_text(encoding="utf-8"))
+    values["tasks"] = {"routes": {"send_notification": "celery"}}
+    objects = render(values, release=RELEASE, namespace=NAMESPACE, workdir=tmp_path)
+    cluster = local_cluster(objects, kube, tmp_path)
+    run_secrets_hook(cluster, kube, tmp_path)
+    start_chart_redis(cluster, pods)
+
+    workers = {
+        pool: cluster.container("Deployment", f"{FULLNAME}-worker-{pool}", "worker")
+        for pool in ("heavy", "light")
+    }
+    assert not find(objects, "Deployment", f"{FULLNAME}-worker")  # the default pool is off
+    api = cluster.container("Deployment", f"{FULLNAME}-api", "api")
+    for container in (api, *workers.values()):
+        assert_env_is_read(cluster, container, keda_env_names(cluster))
+    processes = {pool: pods.start(worker) for pool, worker in workers.items()}
+    api_process = pods.start(api)
+    (api_port,) = api.ports.values()
+    wait_for_port(api_port, timeout=30, process=api_process)
+
+    url, headers = f"http://127.0.0.1:{api_port}", token_header(cluster, api)
+    heavy = submit_and_wait(url, headers, "calculate_all_ratings", [])
+    light = submit_and_wait(url, headers, "send_notification", ["ops@example.com", "hi"])
+    for record in (heavy, light):
+        assert record["status"] == "SUCCESS", (record, *map(pods.log, workers.values()))
+        assert record["executor"] == "celery"
+    for pool, process in processes.items():
+        assert process.poll() is None, pods.log(workers[pool])
+
+    on_heavy, on_light = finished_on(workers["heavy"]), finished_on(workers["light"])
+    assert on_heavy.get(("calculate_all_ratings", "celery", "SUCCESS")) == 1, on_heavy
+    assert ("send_notification", "celery", "SUCCESS") not in on_heavy, on_heavy
+    assert on_light.get(("send_notification", "celery", "SUCCESS")) == 1, on_light
+    assert ("calculate_all_ratings", "celery", "SUCCESS") not in on_light, on_light
