@@ -220,6 +220,8 @@ def test_every_autoscaling_number_comes_from_the_render(tmp_path: Path) -> None:
     )
     values = scenario.chart_values("redis://127.0.0.1:6390/4")
     values["celery"]["worker"]["queues"] = ["video", "light"]
+    # Heavy tasks go to "video" (the chart refuses a heavy queue no pool consumes).
+    values["celery"]["heavyQueue"] = "video"
     values["keyPrefix"] = "other:"
     rendered = RenderedAutoscaling.from_objects(render(values, workdir=tmp_path), tmp_path)
     spec = rendered.spec
