@@ -188,6 +188,17 @@ def test_a_pool_inherits_every_unset_field_and_its_own_settings_win() -> None:
     assert _args(get(manifests, "Deployment", "tl-tasklane-worker-big"))["--concurrency"] == "1"
 
 
+def test_an_empty_list_clears_and_an_empty_map_inherits() -> None:
+    values = _with_pools(
+        {"name": "big", "queues": ["heavy"], "tolerations": [], "nodeSelector": {}},
+        nodeSelector={"disk": "ssd"},
+        tolerations=[{"key": "batch", "operator": "Exists", "effect": "NoSchedule"}],
+    )
+    big = pod_spec(get(render_chart(values), "Deployment", "tl-tasklane-worker-big"))
+    assert "tolerations" not in big
+    assert big["nodeSelector"] == {"disk": "ssd"}
+
+
 def test_two_pools_with_one_name_are_refused() -> None:
     message = render_error(
         _with_pools({"name": "x", "queues": ["heavy"]}, {"name": "x", "queues": ["light"]})

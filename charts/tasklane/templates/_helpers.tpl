@@ -282,8 +282,8 @@ Workers: who owns the replica count, how long a pod may take to stop.
 Worker pools: the default pool (celery.worker, unless celery.worker.enabled=false) and every
 entry of celery.workerPools, each deep-merged over celery.worker (as the Airflow chart's
 workers.celery.sets over workers.celery): a field a pool leaves out is celery.worker's; a map
-is merged key by key (resources.requests.cpu alone keeps celery.worker's memory), a list or a
-number the pool sets replaces celery.worker's.
+is merged key by key (resources.requests.cpu alone keeps celery.worker's memory; an empty map
+adds nothing), a list or a number the pool sets replaces celery.worker's (an empty list too).
 --------------------------------------------------------------------------------------- */}}
 
 {{/* The name (and tasklane.io/pool label value) of the pool celery.worker describes. */}}
