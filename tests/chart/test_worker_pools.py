@@ -314,3 +314,28 @@ def test_notes_list_every_pool_and_how_to_scale_one() -> None:
     assert "tl-tasklane-worker-light: light, 8, keda" in notes
     assert "tasklane scale --release tl --pool NAME N" in notes
     assert "deploy/tl-tasklane-worker " not in notes  # no default pool to point at
+
+
+@pytest.mark.parametrize(
+    "pool",
+    [
+        {"name": "x", "queues": ["heavy"], "concurrency": 0},  # celery.worker's minimum, by $ref
+        {"name": "x", "queues": []},
+        {"name": "x", "queues": ["heavy"], "metricsPort": 9999},  # shared by every pool
+        {"name": "x", "queues": ["heavy"], "autoscaling": {"keda": {"minReplicaCount": -1}}},
+        {"queues": ["heavy"]},
+    ],
+)
+def test_the_schema_checks_each_pool_field_by_celery_workers_rules(pool: dict[str, Any]) -> None:
+    message = render_error(_with_pools(pool))
+    assert "workerPools" in message
+
+
+def test_a_pool_may_set_one_nested_field_alone() -> None:
+    values = _with_pools(
+        {"name": "x", "queues": ["heavy"], "autoscaling": {"keda": {"maxReplicaCount": 3}}}
+    )
+    scaled = get(
+        render_chart(values, api_versions=(KEDA_API,)), "ScaledObject", "tl-tasklane-worker-x"
+    )
+    assert (scaled["spec"]["minReplicaCount"], scaled["spec"]["maxReplicaCount"]) == (0, 3)
