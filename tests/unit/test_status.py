@@ -286,6 +286,50 @@ def test_kubernetes_view_joins_the_report_when_on(
     assert kube.open_watches() == 0  # listed once, never watched
 
 
+def test_every_worker_pool_of_the_release_shows_with_its_queues(
+    scaled: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    """TASKLANE_WORKER_SELECTOR (what the chart sets): one row per pool, the held one marked;
+    its queue's tasks run in-process while the other pool's queue stays served."""
+    from tests.support.kube_api import FakeKubeApi
+
+    labels = {"app.kubernetes.io/instance": "demo", "app.kubernetes.io/component": "worker"}
+    beat(scaled, "celery@demo-tasklane-worker-heavy-7d9c5b8f4-x2x7k")  # draining
+    with FakeKubeApi() as kube:
+        for pool, replicas in (("heavy", 0), ("light", 2)):
+            kube.add_deployment(
+                f"demo-tasklane-worker-{pool}",
+                replicas=replicas,
+                labels={**labels, "tasklane.io/pool": pool},
+                annotations={"tasklane.io/queues": pool},
+            )
+        monkeypatch.setenv("KUBECONFIG", str(kube.write_kubeconfig(tmp_path)))
+        monkeypatch.setenv("TASKLANE_KUBERNETES", "on")
+        monkeypatch.setenv(
+            "TASKLANE_WORKER_SELECTOR",
+            "app.kubernetes.io/instance=demo,app.kubernetes.io/component=worker",
+        )
+
+        report = status_json(capsys)
+        code, out, _ = status(capsys)
+
+    pools = {p["deployment"]["name"]: p for p in report["kubernetes"]["pools"]}
+    assert {name: p["queues"] for name, p in pools.items()} == {
+        "demo-tasklane-worker-heavy": ["heavy"],
+        "demo-tasklane-worker-light": ["light"],
+    }
+    assert pools["demo-tasklane-worker-heavy"]["held_at_zero"] is True
+    assert pools["demo-tasklane-worker-light"]["held_at_zero"] is False
+    assert route(report, "process_speak_audio")["reason"] == "no_workers"
+    assert code == 0
+    assert "Deployment demo-tasklane-worker-heavy" in out
+    assert "queues heavy - held at zero" in out
+    assert "Deployment demo-tasklane-worker-light" in out
+
+
 @pytest.mark.integration
 def test_report_with_a_real_worker_and_a_real_failure(
     redis_url: str, scaled: redis.Redis, tmp_path: Path, capsys: pytest.CaptureFixture[str]
