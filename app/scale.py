@@ -5,11 +5,13 @@ pod.
 The Deployment is --deployment, else the one the release's chart labelled as its workers
 (`app.kubernetes.io/instance=R,app.kubernetes.io/component=worker`, plus
 `tasklane.io/pool=NAME` with --pool; listed through the API, so fullnameOverride and long
-release names need nothing more: RBAC `list deployments`), else TASKLANE_WORKER_DEPLOYMENT. A
-release with several pools needs --pool (exit 2 names them); --pool without --release takes the
-namespace's one worker Deployment of that pool. Namespace and configuration: the rule of
-app/cli_kube.py (--namespace, else TASKLANE_NAMESPACE, else the kubeconfig context's or the
-pod's, else "default").
+release names need nothing more: RBAC `list deployments`), else the Deployments
+TASKLANE_WORKER_SELECTOR matches (as the chart sets it: the release's pools, --pool picking
+one), else TASKLANE_WORKER_DEPLOYMENT. Several matching Deployments need --pool (exit 2 names
+the pools); --pool with neither --release nor TASKLANE_WORKER_SELECTOR takes the namespace's one
+worker Deployment of that pool. Namespace and configuration: the rule of app/cli_kube.py
+(--namespace, else TASKLANE_NAMESPACE, else the kubeconfig context's or the pod's, else
+"default").
 
 Exit status (app/core/kubernetes/calls.py, scaling.py): 0 done, 1 other API error, 2 usage or no
 configuration, 3 Deployment not found, 4 forbidden (RBAC), 5 API server unreachable, 6 --resume
@@ -69,15 +71,16 @@ def run(args: argparse.Namespace) -> int:
         settings = Settings()
     except ValueError as exc:
         return _fail(str(exc), EXIT_USAGE)
-    by_labels = bool(args.release or args.pool)
     if args.deployment and args.pool:
         return _fail("--deployment names the Deployment: give it without --pool", EXIT_USAGE)
-    from_settings = not (args.deployment or by_labels)
+    from_settings = not (args.deployment or args.release or args.pool)
+    # TASKLANE_WORKER_SELECTOR (the api pod's, as the chart sets it) wins over the one name.
+    by_labels = bool(args.release or args.pool or (from_settings and settings.worker_selector))
     deployment = args.deployment or (None if by_labels else settings.worker_deployment)
     if not (deployment or by_labels):
         return _fail(
             "name the worker Deployment: --release R [--pool NAME] (found by the chart's "
-            "labels), --deployment NAME, or TASKLANE_WORKER_DEPLOYMENT",
+            "labels), --deployment NAME, TASKLANE_WORKER_SELECTOR or TASKLANE_WORKER_DEPLOYMENT",
             EXIT_USAGE,
         )
     try:
@@ -100,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
                 namespace=namespace,
                 release=args.release,
                 pool=args.pool,
+                selector=settings.worker_selector,
                 scaled_object=scaled_object,
                 request_timeout=args.timeout,
             )

@@ -25,6 +25,7 @@ from app.core.kubernetes.scaling import (
     EXIT_USAGE,
     INSTANCE_LABEL,
     POOL_LABEL,
+    release_worker_selector,
 )
 from app.core.kubernetes.state import PAUSED, PAUSED_REPLICAS
 from scripts.harness.processes import free_port
@@ -47,7 +48,12 @@ def kube() -> Iterator[FakeKubeApi]:
 @pytest.fixture
 def config_file(kube: FakeKubeApi, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     """A kubeconfig whose context namespace is `prod`; no TASKLANE_ variable leaks in."""
-    for name in ("TASKLANE_WORKER_DEPLOYMENT", "TASKLANE_NAMESPACE", "TASKLANE_SCALED_OBJECT"):
+    for name in (
+        "TASKLANE_WORKER_DEPLOYMENT",
+        "TASKLANE_WORKER_SELECTOR",
+        "TASKLANE_NAMESPACE",
+        "TASKLANE_SCALED_OBJECT",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     return str(kube.write_kubeconfig(tmp_path, namespace=NS))
@@ -275,6 +281,26 @@ def test_pool_without_release_needs_it_when_two_releases_have_that_pool(
 
     assert scale("--replicas", "2", "--pool", "light", "--kubeconfig", config_file) == 0
     assert kube.get(DEPLOYMENTS, pools["light"], NS)["spec"]["replicas"] == 2
+
+
+def test_the_settings_selector_finds_the_pools_as_the_chart_sets_it(
+    kube: FakeKubeApi,
+    config_file: str,
+    pools: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """TASKLANE_WORKER_SELECTOR (the api's env in the chart) scopes to the release: --pool alone
+    picks one pool of it, though another release has a pool of that name too."""
+    monkeypatch.setenv("TASKLANE_WORKER_SELECTOR", release_worker_selector("demo"))
+    monkeypatch.setenv("TASKLANE_WORKER_DEPLOYMENT", "ignored-when-a-selector-is-set")
+
+    assert scale("--replicas", "1", "--kubeconfig", config_file) == EXIT_USAGE
+    assert "name one with --pool (heavy, light)" in capsys.readouterr().err
+    assert scale("--replicas", "4", "--pool", "heavy", "--kubeconfig", config_file) == 0
+
+    assert kube.get(DEPLOYMENTS, pools["heavy"], NS)["spec"]["replicas"] == 4
+    assert kube.get(DEPLOYMENTS, "other-tasklane-worker-heavy", NS)["spec"]["replicas"] == 1
 
 
 def test_an_unknown_pool_is_not_found(

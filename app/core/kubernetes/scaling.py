@@ -73,9 +73,12 @@ def release_worker_selector(release: str | None, pool: str | None = None) -> str
     of any release), only pool `pool`'s when given."""
     terms = [f"{INSTANCE_LABEL}={release}"] if release else []
     terms.append(f"{COMPONENT_LABEL}={WORKER_COMPONENT}")
-    if pool:
-        terms.append(f"{POOL_LABEL}={pool}")
-    return ",".join(terms)
+    return pool_selector(",".join(terms), pool)
+
+
+def pool_selector(selector: str, pool: str | None) -> str:
+    """`selector` narrowed to pool `pool`'s Deployment (unchanged when pool is None)."""
+    return f"{selector},{POOL_LABEL}={pool}" if pool else selector
 
 
 #: `tasklane scale` cannot do what was asked; `exit_code` says which failure it is.
@@ -155,11 +158,13 @@ class WorkerScaler:
         namespace: str,
         release: str | None,
         pool: str | None = None,
+        selector: str | None = None,
         scaled_object: str | None = None,
         request_timeout: float = 10.0,
     ) -> WorkerScaler:
-        """The scaler of `release`'s worker Deployment (of pool `pool` when given; of any
-        release when `release` is None), listed by the chart's labels.
+        """The scaler of `release`'s worker Deployment (of pool `pool` when given), listed by
+        the chart's labels; without a release, of the Deployments `selector` matches (the api
+        pod's TASKLANE_WORKER_SELECTOR), else of any release.
 
         Raises ScaleError: EXIT_NOT_FOUND when no Deployment carries them, EXIT_USAGE when
         several do (name the pool with --pool, the release with --release, or the Deployment
@@ -172,7 +177,10 @@ class WorkerScaler:
             scaled_object=scaled_object,
             request_timeout=request_timeout,
         )
-        selector = release_worker_selector(release, pool)
+        if release or not selector:
+            selector = release_worker_selector(release, pool)
+        else:
+            selector = pool_selector(selector, pool)
         try:
             listed = scaler._call(
                 "list deployments",
@@ -186,7 +194,7 @@ class WorkerScaler:
             listed = {}
         items = sorted(listed.get("items") or (), key=lambda item: item["metadata"]["name"])
         names = [item["metadata"]["name"] for item in items]
-        whose = f"release {release}" if release else f"pool {pool}"
+        whose = f"release {release}" if release else f"pool {pool}" if pool else selector
         if not names:
             raise ScaleError(
                 f"no worker Deployment of {whose} in namespace {namespace} (none labelled "
