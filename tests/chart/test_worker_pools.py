@@ -339,3 +339,20 @@ def test_a_pool_may_set_one_nested_field_alone() -> None:
         render_chart(values, api_versions=(KEDA_API,)), "ScaledObject", "tl-tasklane-worker-x"
     )
     assert (scaled["spec"]["minReplicaCount"], scaled["spec"]["maxReplicaCount"]) == (0, 3)
+
+
+def test_network_policies_let_every_pool_reach_redis_and_be_scraped() -> None:
+    values = {**render_values_file(POOLS_FILE), "networkPolicy": {"enabled": True}}
+    manifests = render_chart(values)
+    redis_from = get(manifests, "NetworkPolicy", "tl-tasklane-redis")["spec"]["ingress"][0]["from"]
+    workers = get(manifests, "NetworkPolicy", "tl-tasklane-workers")["spec"]["podSelector"]
+    for name in (HEAVY, LIGHT):
+        labels = pod_labels(get(manifests, "Deployment", name))
+        assert any(
+            peer["podSelector"]["matchLabels"].items() <= labels.items()
+            for peer in redis_from
+            if "namespaceSelector" not in peer
+        )
+        assert workers["matchLabels"].items() <= labels.items()
+        (expression,) = workers["matchExpressions"]
+        assert labels[expression["key"]] in expression["values"]
