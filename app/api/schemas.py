@@ -101,6 +101,10 @@ class TaskRecord(BaseModel):
     finished_at: Timestamp | None = None
     worker: str | None = None
     cancel_requested: bool = False
+    rate_limited_until: Timestamp | None = Field(
+        default=None,
+        description="Set while the task waits for its rate-limit slot: when it checks again",
+    )
 
 
 class TaskList(BaseModel):

@@ -12,6 +12,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
+    from app.core.tasks.rate_limits import RateLimit
     from app.core.tasks.redaction import Redaction
 
 Weight = Literal["light", "heavy"]
@@ -102,6 +103,9 @@ class TaskResult:
     worker: str | None = None
     #: Set by cancel() on a running task; the task sees it through ctx.cancelled().
     cancel_requested: bool = False
+    #: Set while the task waits for its rate-limit slot (app/core/tasks/rate_limits.py): when
+    #: it comes back to check again. Cleared when it starts.
+    rate_limited_until: datetime | None = None
 
     @property
     def finished(self) -> bool:
@@ -129,6 +133,7 @@ class TaskResult:
             "finished_at": _iso(self.finished_at),
             "worker": self.worker,
             "cancel_requested": self.cancel_requested,
+            "rate_limited_until": _iso(self.rate_limited_until),
         }
 
     @classmethod
@@ -152,6 +157,7 @@ class TaskResult:
             finished_at=_parse(data.get("finished_at")),
             worker=data.get("worker"),
             cancel_requested=bool(data.get("cancel_requested", False)),
+            rate_limited_until=_parse(data.get("rate_limited_until")),
         )
 
 
@@ -190,6 +196,8 @@ class TaskSpec:
     #: Which argument values (and whether the result) are kept out of API answers and log
     #: lines (@task(sensitive=...)); None: nothing is hidden. The record keeps the real values.
     redaction: Redaction | None = None
+    #: Starts allowed across every process together (@task(rate_limit="10/s")); None: no limit.
+    rate_limit: RateLimit | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 from app.core.tasks.errors import TaskModuleNotFound, UnknownTaskError
 from app.core.tasks.models import TaskSpec, Weight
+from app.core.tasks.rate_limits import parse_rate_limit
 from app.core.tasks.redaction import Redaction
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -107,6 +108,8 @@ def task(
     takes_context: bool = False,
     terminate_safe: bool = False,
     sensitive: bool | str | Collection[str] = False,
+    rate_limit: str | float | None = None,
+    rate_burst: int = 1,
     target: TaskRegistry | None = None,
 ) -> Callable[[F], F]:
     """Register the decorated function as a task; the function itself is returned unchanged.
@@ -117,6 +120,8 @@ def task(
     a running Celery attempt instead of waiting for the task to notice ctx.cancelled().
     sensitive=True keeps every argument and the result out of API answers and log lines;
     sensitive=("name", ...) only those parameters' values (app/core/tasks/redaction.py).
+    rate_limit="10/s" (Celery's syntax) caps its starts across every process together, with
+    rate_burst starts allowed back to back (app/core/tasks/rate_limits.py).
     """
     if weight not in ("light", "heavy"):
         raise ValueError(f"weight must be 'light' or 'heavy', not {weight!r}")
@@ -126,6 +131,7 @@ def task(
         raise ValueError("timeout must be positive")
     if executor not in (None, "background", "celery"):
         raise ValueError(f"executor must be 'background', 'celery' or None, not {executor!r}")
+    limit = None if rate_limit is None else parse_rate_limit(rate_limit, burst=rate_burst)
 
     def decorate(func: F) -> F:
         parameters = inspect.signature(func).parameters
@@ -150,6 +156,7 @@ def task(
             terminate_safe=terminate_safe,
             is_async=inspect.iscoroutinefunction(func),
             redaction=Redaction.of(func, sensitive, takes_context=takes_context),
+            rate_limit=limit,
         )
         (target or registry).register(spec)
         return func

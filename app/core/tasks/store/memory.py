@@ -245,7 +245,8 @@ class MemoryStore:
 
 
 #: (expires_at, args_size, size, task_id, name, status, executor, queue, args, kwargs, result,
-#: error, attempts, progress, submitted_at, started_at, finished_at, worker, cancel_requested):
+#: error, attempts, progress, submitted_at, started_at, finished_at, worker, cancel_requested,
+#: rate_limited_until):
 #: args_size the charge for args and kwargs (_charge), size the whole row's; args a tuple,
 #: kwargs a tuple of its items, error and progress tuples of their fields, status the plain
 #: str. The GC untracks a tuple only when no item is a container other than an untracked
@@ -317,6 +318,7 @@ def _row(
         record.finished_at,
         record.worker,
         record.cancel_requested,
+        record.rate_limited_until,
     )
 
 
@@ -341,6 +343,7 @@ def _record(row: _Row) -> TaskResult:
         finished_at,
         worker,
         cancel_requested,
+        rate_limited_until,
     ) = row
     return TaskResult(
         task_id=task_id,
@@ -361,4 +364,5 @@ def _record(row: _Row) -> TaskResult:
         finished_at=finished_at,
         worker=worker,
         cancel_requested=cancel_requested,
+        rate_limited_until=rate_limited_until,
     )
