@@ -5,14 +5,17 @@ record says until when, cancel and shutdown settle it, and a Redis outage makes 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from datetime import datetime
 from typing import Any
 
 import pytest
 import pytest_asyncio
+from fastapi.testclient import TestClient
 from prometheus_client import REGISTRY
 
+from app.config import Settings
 from app.core.tasks import TaskManager, TaskStatus
 from app.core.tasks.executors.background import BackgroundTasksExecutor
 from app.core.tasks.hooks import default_hooks
@@ -20,7 +23,9 @@ from app.core.tasks.rate_limits import Admission, Limiter, RateLimit, RateLimits
 from app.core.tasks.registry import TaskRegistry, task
 from app.core.tasks.store import ResultStore
 from app.core.tasks.store.redis import RedisStore
+from app.main import create_app
 from scripts.harness.processes import RedisServer
+from scripts.harness.rate_limit_run import most_starts_in_one_window
 
 REGISTRY_UNDER_TEST = TaskRegistry()
 RAN: list[str] = []
@@ -112,16 +117,6 @@ async def _until_rate_limited(manager: TaskManager, task_id: str) -> Any:
             if record is not None and record.rate_limited_until is not None:
                 return record
             await asyncio.sleep(0.01)
-
-
-def most_starts_in_one_window(starts: list[datetime], window: float) -> int:
-    """The largest number of start times inside any `window`-second span."""
-    ordered = sorted(starts)
-    best = 0
-    for i, first in enumerate(ordered):
-        inside = [s for s in ordered[i:] if (s - first).total_seconds() < window]
-        best = max(best, len(inside))
-    return best
 
 
 def _deferrals(name: str) -> float:
@@ -293,3 +288,33 @@ async def test_with_redis_down_a_waiting_task_waits_then_runs_once_it_is_back(
         if redis_server.process is None or redis_server.process.poll() is not None:
             redis_server.start()
         await manager.stop(grace=0)
+
+
+def test_the_status_endpoint_shows_until_when_a_task_waits() -> None:
+    settings = Settings(
+        store="memory",
+        executor="background",
+        scheduler="off",
+        api_token=None,
+        task_modules=["scripts.harness.celery_sample_tasks"],
+        rate_limits="celery_rate_limited=1/m",
+    )
+    with TestClient(create_app(settings)) as client:
+        ids = [
+            client.post("/api/tasks", json={"name": "celery_rate_limited", "args": [n]}).json()[
+                "task_id"
+            ]
+            for n in range(2)
+        ]
+        deadline = time.monotonic() + 10
+        while True:
+            waiting = client.get(f"/api/tasks/{ids[1]}/status").json()
+            if waiting["rate_limited_until"] is not None or time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
+
+        assert waiting["status"] == "PENDING"
+        assert datetime.fromisoformat(waiting["rate_limited_until"]) > datetime.fromisoformat(
+            waiting["submitted_at"]
+        )
+        assert client.get(f"/api/tasks/{ids[0]}/status").json()["rate_limited_until"] is None

@@ -10,10 +10,12 @@ from collections.abc import AsyncIterator
 
 import pytest
 import pytest_asyncio
+import redis
 from pydantic import ValidationError
 
 from app.config import Settings
 from app.core.tasks.rate_limits import (
+    STALE_AFTER,
     InProcessLimiter,
     Limiter,
     RateLimit,
@@ -228,6 +230,40 @@ async def test_a_newcomer_queues_behind_ticket_holders(limiter: Limiter) -> None
 async def test_limits_of_different_tasks_do_not_share_slots(limiter: Limiter) -> None:
     assert (await limiter.admit("one", TEN_PER_SECOND, "a", returning=False)).allowed
     assert (await limiter.admit("two", TEN_PER_SECOND, "a", returning=False)).allowed
+
+
+@pytest.mark.asyncio
+async def test_a_refused_ticket_holder_gets_the_next_slot_not_the_end_of_the_line(
+    limiter: Limiter,
+) -> None:
+    await limiter.admit("t", TEN_PER_SECOND, "first", returning=False)
+    line = [await limiter.admit("t", TEN_PER_SECOND, f"w{n}", returning=False) for n in range(5)]
+
+    again = await limiter.admit("t", TEN_PER_SECOND, "w0", returning=True)
+
+    assert not again.allowed  # back before its ticket: refused, but...
+    assert again.wait <= line[0].wait  # ...its next try is its own slot, not after w4's
+
+
+@pytest.mark.asyncio
+async def test_a_ticket_long_overdue_stops_counting_as_waiting(redis_url: str) -> None:
+    store = RedisStore(redis_url, prefix="test:")
+    limiter = RedisLimiter(store.redis, prefix="test:")
+    now = float(store_time_ms(redis_url))
+    past = now - (STALE_AFTER + 10) * 1000  # a process took a ticket, then died
+    await limiter.admit("t", TEN_PER_SECOND, "a", returning=False, now_ms=past)
+    await limiter.admit("t", TEN_PER_SECOND, "dead", returning=False, now_ms=past)
+
+    assert await limiter.waiting(["t"]) == {"t": 0}
+    await store.close()
+
+
+def store_time_ms(redis_url: str) -> float:
+    """The Redis server's clock, in ms (what the script reads)."""
+    client = redis.Redis.from_url(redis_url)
+    seconds, micros = client.time()
+    client.close()
+    return seconds * 1000 + micros / 1000
 
 
 # -- the script is gcra_step ---------------------------------------------------------------

@@ -18,7 +18,9 @@ are handed out one interval apart, never behind the earliest allowed time, so a 
 tasks come back one by one instead of all at once. While the line is ahead of now, a newcomer
 joins it rather than take the slot of a ticket holder; a ticket holder coming back still passes
 a real check (a slow worker may come back late), which is what makes "at most count (+ burst)
-starts in any period" hold for the actual start times. A ticket is a duration (Redis time of
+starts in any period" hold for the actual start times. A ticket holder refused by that check
+(the holder before it came back late, moving TAT) gets the next free slot, not a place at the
+end of the line. A ticket is a duration (Redis time of
 the ticket minus Redis time now), slept on the caller's monotonic clock: no host clock is read.
 
 Waiting tasks are also kept in a ZSET (id -> ticket) per task, for the tasklane_rate_delayed
@@ -184,8 +186,13 @@ def gcra_step(
         bucket.tat = tat + interval
         bucket.waiting.pop(task_id, None)
         return Admission(allowed=True)
-    ticket = max(bucket.line, allow_at, now)
-    bucket.line = ticket + interval
+    if returning:
+        # Its turn came and it was a hair late (another start moved TAT): the next free slot,
+        # not the end of the line, or a little jitter would cost it the whole wait again.
+        ticket = max(allow_at, now)
+    else:
+        ticket = max(bucket.line, allow_at, now)
+        bucket.line = ticket + interval
     bucket.waiting[task_id] = ticket
     return Admission(allowed=False, wait=(ticket - now) / 1000)
 
@@ -247,9 +254,12 @@ if not queued and now >= allow_at then
   redis.call('ZREM', KEYS[3], ARGV[3])
   return {1, '0'}
 end
-local ticket = math.max(line, allow_at, now)
-line = ticket + interval
-redis.call('SET', KEYS[2], string.format('%.3f', line), 'PX', math.ceil(line - now) + keep)
+local ticket = math.max(allow_at, now)
+if ARGV[4] ~= '1' then
+  ticket = math.max(line, ticket)
+  line = ticket + interval
+  redis.call('SET', KEYS[2], string.format('%.3f', line), 'PX', math.ceil(line - now) + keep)
+end
 redis.call('ZADD', KEYS[3], string.format('%.3f', ticket), ARGV[3])
 redis.call('PEXPIRE', KEYS[3], math.ceil(ticket - now) + keep)
 return {0, string.format('%.3f', ticket - now)}
