@@ -110,6 +110,16 @@ def _calls(manager: TaskManager) -> int:
     return limiter.calls
 
 
+async def _one_waiting(make: Callable[..., TaskManager], **options: Any) -> tuple[TaskManager, str]:
+    """A started manager whose second "rate_slow" task (1/s) waits for its slot; its id."""
+    manager = make(**options)
+    await manager.start()
+    await manager.submit("rate_slow", "first")
+    second = await manager.submit("rate_slow", "second")
+    await _until_rate_limited(manager, second)
+    return manager, second
+
+
 async def _until_rate_limited(manager: TaskManager, task_id: str) -> Any:
     async with asyncio.timeout(10):
         while True:
@@ -146,12 +156,11 @@ async def test_limited_starts_keep_to_the_rate_and_all_succeed(
 async def test_a_waiting_record_stays_pending_and_says_until_when(
     make_manager: Callable[..., TaskManager],
 ) -> None:
-    manager = make_manager()
-    await manager.start()
-    await manager.submit("rate_slow", "first")
+    manager, second = await _one_waiting(make_manager)
 
-    second = await manager.submit("rate_slow", "second")
-    waiting = await _until_rate_limited(manager, second)
+    waiting = await manager.get_result(second)
+
+    assert waiting is not None
 
     assert waiting.status is TaskStatus.PENDING
     assert waiting.attempts == 0
@@ -167,11 +176,7 @@ async def test_a_waiting_record_stays_pending_and_says_until_when(
 async def test_a_waiting_task_holds_no_runner_slot(
     make_manager: Callable[..., TaskManager],
 ) -> None:
-    manager = make_manager(concurrency=1)
-    await manager.start()
-    await manager.submit("rate_slow", "first")
-    second = await manager.submit("rate_slow", "second")
-    await _until_rate_limited(manager, second)
+    manager, second = await _one_waiting(make_manager, concurrency=1)
 
     free = await manager.submit("rate_free", "free")
     free_done = await manager.wait(free, timeout=10)
@@ -201,11 +206,7 @@ async def test_tasks_without_a_limit_never_ask_the_limiter(
 async def test_cancel_while_waiting_ends_it_cancelled_and_uncounted(
     make_manager: Callable[..., TaskManager],
 ) -> None:
-    manager = make_manager()
-    await manager.start()
-    await manager.submit("rate_slow", "first")
-    second = await manager.submit("rate_slow", "second")
-    await _until_rate_limited(manager, second)
+    manager, second = await _one_waiting(make_manager)
     assert manager.rate_limits is not None
     limiter = manager.rate_limits.limiter
     assert await limiter.waiting(["rate_slow"]) == {"rate_slow": 1}
@@ -224,11 +225,7 @@ async def test_cancel_while_waiting_ends_it_cancelled_and_uncounted(
 async def test_shutdown_settles_a_waiting_task_as_interrupted(
     make_manager: Callable[..., TaskManager],
 ) -> None:
-    manager = make_manager()
-    await manager.start()
-    await manager.submit("rate_slow", "first")
-    second = await manager.submit("rate_slow", "second")
-    await _until_rate_limited(manager, second)
+    manager, second = await _one_waiting(make_manager)
 
     await manager.executor.stop(grace=5)
 
@@ -245,11 +242,7 @@ async def test_shutdown_settles_a_waiting_task_as_interrupted(
 async def test_the_gauge_reads_the_waiting_count(
     make_manager: Callable[..., TaskManager],
 ) -> None:
-    manager = make_manager()
-    await manager.start()
-    await manager.submit("rate_slow", "first")
-    second = await manager.submit("rate_slow", "second")
-    await _until_rate_limited(manager, second)
+    manager, _ = await _one_waiting(make_manager)
     assert manager.rate_limits is not None
 
     await manager.rate_limits.refresh_gauge(manager.registry)
