@@ -117,12 +117,12 @@ async def execute(
         failed = await _settle_waiting(store, task_id, TaskStatus.FAILURE, exc, hooks)
         return Outcome(record=failed, ran=False)
 
-    limit = rate_limits.limit_for(spec) if rate_limits is not None else None
-    if limit is not None and _to_started(record, executor, worker) is not None:
-        assert rate_limits is not None
-        waiting = await _wait_for_rate(store, rate_limits.limiter, spec, limit, record, hooks)
-        if waiting is not None:
-            return waiting
+    if rate_limits is not None:
+        limit = rate_limits.limit_for(spec)  # a dict read: unlimited tasks make no call
+        if limit is not None and _to_started(record, executor, worker) is not None:
+            waiting = await _wait_for_rate(store, rate_limits.limiter, spec, limit, record, hooks)
+            if waiting is not None:
+                return waiting
 
     started = await store.update(
         task_id,

@@ -84,9 +84,9 @@ class RateLimit:
         return self.period / self.count
 
     def __str__(self) -> str:
-        unit = {1.0: "s", 60.0: "m", 3600.0: "h"}[self.period]
         count = int(self.count) if self.count == int(self.count) else self.count
-        return f"{count}/{unit}"
+        unit = {seconds: unit for unit, seconds in _PERIODS.items()}.get(self.period)
+        return f"{count}/{unit}" if unit else f"{count} per {self.period:g} s"
 
 
 def parse_rate_limit(text: str | float, *, burst: int = 1) -> RateLimit | None:
