@@ -142,10 +142,6 @@ def create_celery_app(
         task_reject_on_worker_lost=True,
         task_track_started=True,
         worker_prefetch_multiplier=1,
-        # A task waiting for its rate-limit slot comes back as an ETA message at its ticket
-        # (app/workers/base.py); Celery's default 1 s timer precision would make it up to a
-        # second late, and a late ticket holder leaves its slot unused.
-        worker_timer_precision=0.1,
         task_queues=tuple(_queue(name) for name in (light, heavy)),
         task_default_queue=light,
         task_routes=task_routes(settings, registry),
