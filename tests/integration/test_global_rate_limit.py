@@ -10,16 +10,24 @@ submits over both planes (scripts/harness/rate_limit_run.py):
   set) holds no backlog of them: more workers could not make them faster;
 - waiting used no attempt and no Celery retry (a retry is logged "retry: ..." by the worker);
 - nothing is left behind: no waiting entry, no active entry, no queued message.
+
+And a deferred message goes out again as it came: its priority (read from the delivered
+message) and Celery retries count unchanged.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import redis
 
+from app.core.tasks import TaskStatus
+from app.workers.celery_config import TasklaneCelery
+from scripts.harness.celery_processes import CeleryWorker
 from scripts.harness.rate_limit_run import LIMIT_PER_SECOND, LIMITED, run
+from tests.support.records import Records
 
 pytestmark = pytest.mark.integration
 
@@ -46,3 +54,23 @@ def test_one_limit_holds_across_three_workers_and_the_in_process_plane(
     assert client.zcard(f"tasklane:rate:{LIMITED}:waiting") == 0
     assert client.zcard("tasklane:active:light") == 0
     assert client.llen("light") == 0
+
+
+def test_a_deferred_message_keeps_its_priority_and_is_no_celery_retry(
+    redis_url: str, tmp_path: Path, records: Records, sender: TasklaneCelery
+) -> None:
+    made = [records.create(LIMITED, [n], "light") for n in range(5)]
+    with CeleryWorker(redis_url, log_path=tmp_path / "worker.log", queues=("light",)) as worker:
+        for record in made:
+            sender.send_task(
+                LIMITED, args=record.args, task_id=record.task_id, queue="light", priority=5
+            )
+        records.wait([r.task_id for r in made], {TaskStatus.SUCCESS}, worker)
+
+    notes = [
+        json.loads(note)
+        for record in made
+        for note in records.client.lrange(f"republished:{record.task_id}", 0, -1)
+    ]
+    assert notes, "no message was deferred"
+    assert all(note == {"priority": 5, "retries": 0} for note in notes), notes
