@@ -6,14 +6,11 @@ test can count how often a body ran and how often its side effect was applied.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
-from typing import Any
 
 import redis
-from celery import signals
 
 from app.config import Settings
 from app.core.tasks import TaskContext, task
@@ -98,20 +95,3 @@ def celery_secret(password: str, *, pin: str = "") -> str:
 def celery_rate_limited(i: int) -> int:
     """Limited to 10 starts per second across every process (scripts/harness/rate_limit_run.py)."""
     return i
-
-
-@signals.before_task_publish.connect
-def _note_rate_limit_republish(
-    sender: str | None = None,
-    headers: dict[str, Any] | None = None,
-    properties: dict[str, Any] | None = None,
-    **_: Any,
-) -> None:
-    """Evidence of a worker re-publishing a celery_rate_limited message for its rate slot (the
-    only publish of it with an ETA): its priority and Celery retries count, in
-    `republished:{task id}`."""
-    headers = headers or {}
-    if sender != "celery_rate_limited" or not headers.get("eta"):
-        return
-    note = {"priority": (properties or {}).get("priority"), "retries": headers.get("retries")}
-    _redis().rpush(f"republished:{headers['id']}", json.dumps(note))

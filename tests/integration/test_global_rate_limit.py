@@ -25,7 +25,7 @@ import redis
 
 from app.core.tasks import TaskStatus
 from app.workers.celery_config import TasklaneCelery
-from scripts.harness.celery_processes import CeleryWorker
+from scripts.harness.celery_processes import SAMPLE_TASK_MODULES, CeleryWorker
 from scripts.harness.rate_limit_run import LIMIT_PER_SECOND, LIMITED, run
 from tests.support.records import Records
 
@@ -34,6 +34,8 @@ pytestmark = pytest.mark.integration
 TASKS = 300
 BURST = 1
 WORKERS, CONCURRENCY = 3, 2
+#: Only that worker loads the notes module (imported here, it would change this process).
+WITH_NOTES = f"{SAMPLE_TASK_MODULES},scripts.harness.republish_notes"
 
 
 def test_one_limit_holds_across_three_workers_and_the_in_process_plane(
@@ -60,7 +62,9 @@ def test_a_deferred_message_keeps_its_priority_and_is_no_celery_retry(
     redis_url: str, tmp_path: Path, records: Records, sender: TasklaneCelery
 ) -> None:
     made = [records.create(LIMITED, [n], "light") for n in range(5)]
-    with CeleryWorker(redis_url, log_path=tmp_path / "worker.log", queues=("light",)) as worker:
+    with CeleryWorker(
+        redis_url, log_path=tmp_path / "worker.log", queues=("light",), task_modules=WITH_NOTES
+    ) as worker:
         for record in made:
             sender.send_task(
                 LIMITED, args=record.args, task_id=record.task_id, queue="light", priority=5
