@@ -43,6 +43,12 @@ async def rate_slow(value: str) -> str:
     return value
 
 
+@task("rate_glacial", rate_limit="1/m", target=REGISTRY_UNDER_TEST)
+async def rate_glacial(value: str) -> str:
+    RAN.append(value)
+    return value
+
+
 @task("rate_free", target=REGISTRY_UNDER_TEST)
 async def rate_free(value: str) -> str:
     RAN.append(value)
@@ -110,14 +116,15 @@ def _calls(manager: TaskManager) -> int:
     return limiter.calls
 
 
-async def _one_waiting(make: Callable[..., TaskManager], **options: Any) -> tuple[TaskManager, str]:
-    """A started manager whose second "rate_slow" task (1/s) waits for its slot; its id."""
+async def _one_waiting(
+    make: Callable[..., TaskManager], name: str = "rate_slow", **options: Any
+) -> tuple[TaskManager, Any]:
+    """A started manager whose second `name` task waits for its slot; that waiting record."""
     manager = make(**options)
     await manager.start()
-    await manager.submit("rate_slow", "first")
-    second = await manager.submit("rate_slow", "second")
-    await _until_rate_limited(manager, second)
-    return manager, second
+    await manager.submit(name, "first")
+    second = await manager.submit(name, "second")
+    return manager, await _until_rate_limited(manager, second)
 
 
 async def _until_rate_limited(manager: TaskManager, task_id: str) -> Any:
@@ -156,17 +163,13 @@ async def test_limited_starts_keep_to_the_rate_and_all_succeed(
 async def test_a_waiting_record_stays_pending_and_says_until_when(
     make_manager: Callable[..., TaskManager],
 ) -> None:
-    manager, second = await _one_waiting(make_manager)
-
-    waiting = await manager.get_result(second)
-
-    assert waiting is not None
+    manager, waiting = await _one_waiting(make_manager)
 
     assert waiting.status is TaskStatus.PENDING
     assert waiting.attempts == 0
     assert waiting.rate_limited_until > waiting.submitted_at
     assert waiting.to_dict()["rate_limited_until"] == waiting.rate_limited_until.isoformat()
-    done = await manager.wait(second, timeout=10)
+    done = await manager.wait(waiting.task_id, timeout=10)
     assert done.status is TaskStatus.SUCCESS
     assert done.rate_limited_until is None
     assert done.attempts == 1
@@ -176,12 +179,12 @@ async def test_a_waiting_record_stays_pending_and_says_until_when(
 async def test_a_waiting_task_holds_no_runner_slot(
     make_manager: Callable[..., TaskManager],
 ) -> None:
-    manager, second = await _one_waiting(make_manager, concurrency=1)
+    manager, waiting = await _one_waiting(make_manager, "rate_glacial", concurrency=1)
 
     free = await manager.submit("rate_free", "free")
     free_done = await manager.wait(free, timeout=10)
 
-    second_now = await manager.get_result(second)
+    second_now = await manager.get_result(waiting.task_id)
     assert free_done.status is TaskStatus.SUCCESS
     assert second_now is not None
     assert second_now.status is TaskStatus.PENDING
@@ -206,18 +209,20 @@ async def test_tasks_without_a_limit_never_ask_the_limiter(
 async def test_cancel_while_waiting_ends_it_cancelled_and_uncounted(
     make_manager: Callable[..., TaskManager],
 ) -> None:
-    manager, second = await _one_waiting(make_manager)
+    manager, waiting = await _one_waiting(make_manager, "rate_glacial")
     assert manager.rate_limits is not None
     limiter = manager.rate_limits.limiter
-    assert await limiter.waiting(["rate_slow"]) == {"rate_slow": 1}
+    assert await limiter.waiting(["rate_glacial"]) == {"rate_glacial": 1}
 
-    assert await manager.cancel(second)
+    assert await manager.cancel(waiting.task_id)
 
-    record = await manager.wait(second, timeout=5)
+    record = await manager.wait(waiting.task_id, timeout=5)
     assert record.status is TaskStatus.CANCELLED
     assert record.attempts == 0
-    assert await limiter.waiting(["rate_slow"]) == {"rate_slow": 0}
-    await asyncio.sleep(1.2)  # past its ticket: it must not run
+    assert await limiter.waiting(["rate_glacial"]) == {"rate_glacial": 0}
+    runner = manager.executor
+    assert isinstance(runner, BackgroundTasksExecutor)
+    await runner.wait_all(timeout=5)  # its job is gone: nothing comes back at its ticket
     assert RAN == ["first"]
 
 
@@ -225,29 +230,29 @@ async def test_cancel_while_waiting_ends_it_cancelled_and_uncounted(
 async def test_shutdown_settles_a_waiting_task_as_interrupted(
     make_manager: Callable[..., TaskManager],
 ) -> None:
-    manager, second = await _one_waiting(make_manager)
+    manager, waiting = await _one_waiting(make_manager, "rate_glacial")
 
     await manager.executor.stop(grace=5)
 
-    record = await manager.get_result(second)
+    record = await manager.get_result(waiting.task_id)
     assert record is not None
     assert record.status is TaskStatus.FAILURE
     assert record.error is not None
     assert record.error.type == "Interrupted"
     assert manager.rate_limits is not None
-    assert await manager.rate_limits.limiter.waiting(["rate_slow"]) == {"rate_slow": 0}
+    assert await manager.rate_limits.limiter.waiting(["rate_glacial"]) == {"rate_glacial": 0}
 
 
 @pytest.mark.asyncio
 async def test_the_gauge_reads_the_waiting_count(
     make_manager: Callable[..., TaskManager],
 ) -> None:
-    manager, _ = await _one_waiting(make_manager)
+    manager, _ = await _one_waiting(make_manager, "rate_glacial")
     assert manager.rate_limits is not None
 
     await manager.rate_limits.refresh_gauge(manager.registry)
 
-    value = REGISTRY.get_sample_value("tasklane_rate_delayed", {"task": "rate_slow"})
+    value = REGISTRY.get_sample_value("tasklane_rate_delayed", {"task": "rate_glacial"})
     assert value == 1.0
 
 
