@@ -67,6 +67,10 @@ class Settings(BaseSettings):
     #: Extra modules to import so their @task functions register (comma-separated).
     task_modules: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
+    #: Rate limits without a code change: "name=10/s,other=100/m" ("name=none" switches a
+    #: declared one off); checked against the registry at start-up (app/core/tasks/rate_limits.py).
+    rate_limits: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
+
     #: "auto": the in-process scheduler runs only when no Celery beat owns the schedule.
     scheduler: Literal["auto", "on", "off"] = "auto"
 
@@ -156,15 +160,12 @@ class Settings(BaseSettings):
     @field_validator("routes", mode="before")
     @classmethod
     def _split_routes(cls, value: object) -> object:
-        if not isinstance(value, str):
-            return value
-        routes: dict[str, str] = {}
-        for item in filter(None, (part.strip() for part in value.split(","))):
-            name, sep, executor = item.partition("=")
-            if not sep or not name.strip():
-                raise ValueError(f"TASKLANE_ROUTES entry {item!r} is not name=executor")
-            routes[name.strip()] = executor.strip()
-        return routes
+        return _name_pairs(value, "TASKLANE_ROUTES", "name=executor")
+
+    @field_validator("rate_limits", mode="before")
+    @classmethod
+    def _split_rate_limits(cls, value: object) -> object:
+        return _name_pairs(value, "TASKLANE_RATE_LIMITS", "name=limit")
 
     @cached_property
     def resolved_executor(self) -> ExecutorKind:
@@ -249,3 +250,19 @@ class Settings(BaseSettings):
                 "TASKLANE_KUBERNETES=on needs TASKLANE_WORKER_SELECTOR (the worker Deployments' "
                 "labels) or TASKLANE_WORKER_DEPLOYMENT (the worker Deployment)"
             )
+
+
+def _name_pairs(value: object, variable: str, form: str) -> object:
+    """Split "a=x,b=y" into {"a": "x", "b": "y"}; anything but a string is left to pydantic.
+
+    Raises ValueError naming `variable` and the entry that is not `form`.
+    """
+    if not isinstance(value, str):
+        return value
+    pairs: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        name, sep, setting = item.partition("=")
+        if not sep or not name.strip() or not setting.strip():
+            raise ValueError(f"{variable} entry {item!r} is not {form}")
+        pairs[name.strip()] = setting.strip()
+    return pairs

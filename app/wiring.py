@@ -16,6 +16,7 @@ from app.core.tasks.executors.background import BackgroundTasksExecutor
 from app.core.tasks.hooks import TaskHooks, default_hooks
 from app.core.tasks.manager import TaskManager
 from app.core.tasks.queues import QueueRouting
+from app.core.tasks.rate_limits import RateLimits, rate_limits_for
 from app.core.tasks.registry import TaskRegistry, autodiscover
 from app.core.tasks.registry import registry as default_registry
 from app.core.tasks.store import create_store
@@ -42,25 +43,40 @@ def build_task_manager(
     settings.check()
     autodiscover(settings.task_modules)
     store = create_store(settings)
+    # Checked after autodiscover: an override must name a registered task.
+    rate_limits = rate_limits_for(store, registry, settings.rate_limits)
     hooks = hooks or default_hooks()
-    executor = build_executor(settings, store=store, registry=registry, hooks=hooks)
+    executor = build_executor(
+        settings, store=store, registry=registry, hooks=hooks, rate_limits=rate_limits
+    )
     return TaskManager(
         store=store,
         executor=executor,
         registry=registry,
         hooks=hooks,
         max_args_bytes=settings.max_args_bytes,
+        rate_limits=rate_limits,
     )
 
 
 def build_executor(
-    settings: Settings, *, store: ResultStore, registry: TaskRegistry, hooks: TaskHooks
+    settings: Settings,
+    *,
+    store: ResultStore,
+    registry: TaskRegistry,
+    hooks: TaskHooks,
+    rate_limits: RateLimits | None = None,
 ) -> Executor:
     """The executor TASKLANE_EXECUTOR names: background; celery alone (a task the broker
     cannot take fails with 503); or hybrid (background + celery + a WorkerMonitor, which follows
-    the worker Deployment when Kubernetes awareness is on)."""
+    the worker Deployment when Kubernetes awareness is on). The in-process runner enforces
+    `rate_limits` (the workers enforce the same ones, on the same Redis)."""
     background = BackgroundTasksExecutor(
-        store, registry=registry, hooks=hooks, concurrency=settings.concurrency
+        store,
+        registry=registry,
+        hooks=hooks,
+        concurrency=settings.concurrency,
+        rate_limits=rate_limits,
     )
     kind = settings.resolved_executor
     if kind == "background":

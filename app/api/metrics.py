@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import time
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
+from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core.metrics_exposition import render_latest
@@ -29,9 +30,16 @@ UNMATCHED = "<unmatched>"
 
 
 @router.get("/metrics", include_in_schema=False)
-def metrics() -> Response:
-    """Every metric of this pod's api processes in Prometheus' text format."""
-    body, content_type = render_latest()
+async def metrics(request: Request) -> Response:
+    """Every metric of this pod's api processes in Prometheus' text format.
+
+    tasklane_rate_delayed is read from the rate limiter now (one Redis call when a task has a
+    limit), so every api process answers the same count for the whole deployment.
+    """
+    manager = getattr(request.app.state, "manager", None)
+    if manager is not None and manager.rate_limits is not None:
+        await manager.rate_limits.refresh_gauge(manager.registry)
+    body, content_type = await run_in_threadpool(render_latest)
     return Response(body, media_type=content_type)
 
 

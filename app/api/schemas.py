@@ -117,6 +117,10 @@ class TaskRecord(BaseModel):
     worker: str | None = None
     cancel_requested: bool = False
     priority: int | None = Field(default=None, description="0 starts first .. 9 starts last")
+    rate_limited_until: Timestamp | None = Field(
+        default=None,
+        description="Set while the task waits for its rate-limit slot: when it checks again",
+    )
 
 
 class TaskList(BaseModel):

@@ -7,6 +7,10 @@ knows the id at once, as for any submit), then publishes; a publish that fails s
 Worker side: the body hands the message to app.workers.delivery and turns its outcome into
 Celery terms: a retry decision becomes self.retry(countdown=...) (the worker slot is freed while
 the task waits), a FAILURE becomes TaskFailed (Celery's optional result backend then agrees).
+A start refused by the task's global rate limit re-publishes the same message with an ETA at
+its ticket and acknowledges this delivery (Ignore): no Celery retry, no tasklane attempt, and
+the pool slot is free at once. Celery keeps ETA messages in the worker's memory (unacked), not
+in a pool slot nor in the queue's list, so KEDA does not count them as backlog.
 TasklaneRequest, in the worker's main process, settles records whose pool child is gone.
 
 A sensitive task (@task(sensitive=...)) is published with redacted argsrepr/kwargsrepr on this
@@ -19,12 +23,13 @@ from __future__ import annotations
 
 import logging
 import uuid
+from datetime import timedelta
 from typing import Any, NoReturn
 
 from billiard.einfo import ExceptionWithTraceback
 from billiard.exceptions import WorkerLostError
 from celery import Task
-from celery.exceptions import ImproperlyConfigured, Reject, Terminated
+from celery.exceptions import Ignore, ImproperlyConfigured, Reject, Terminated
 from celery.worker.request import Request
 
 from app.core.tasks import presence
@@ -32,7 +37,7 @@ from app.core.tasks.arguments import normalise_arguments
 from app.core.tasks.errors import Interrupted, StoreUnavailable, TaskTimeout
 from app.core.tasks.execution import WORKER_NAME, mark_interrupted
 from app.core.tasks.executors.wire import redacted_reprs
-from app.core.tasks.models import TaskSpec, TaskStatus
+from app.core.tasks.models import TaskSpec, TaskStatus, utcnow
 from app.workers.delivery import Delivery, deliver, new_record, settle_abandoned
 from app.workers.runtime import get_runtime
 
@@ -210,6 +215,8 @@ class TasklaneTask(Task):
             self._retry_later(STORE_RETRY_DELAY)
         if outcome.retry_in is not None:
             self._retry_later(outcome.retry_in)
+        if outcome.rate_wait is not None:
+            self._wait_for_rate(args, kwargs, outcome.rate_wait)
         record = outcome.record
         if record is None:
             return None
@@ -219,6 +226,19 @@ class TasklaneTask(Task):
             return None
         redaction = self.spec.redaction
         return record.result if redaction is None else redaction.result(record.result)
+
+    def _wait_for_rate(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], seconds: float
+    ) -> NoReturn:
+        """Free the worker slot until the rate-limit ticket: the same message (id, arguments,
+        queue, priority, headers, retries count) again with an ETA, and this one acknowledged."""
+        eta = utcnow() + timedelta(seconds=seconds)
+        try:
+            self.signature_from_request(self.request, args, kwargs, eta=eta).apply_async()
+        except Exception as exc:
+            # Not re-published (the broker is away): put this one back instead of losing it.
+            raise Reject(f"rate-limit re-publish failed: {exc}", requeue=True) from None
+        raise Ignore()
 
     def _retry_later(self, countdown: float) -> NoReturn:
         """Free the worker slot: a new message runs the task after `countdown` seconds."""

@@ -26,7 +26,8 @@ from celery import signals
 from celery.exceptions import CPendingDeprecationWarning
 
 from app.config import Settings
-from app.core.tasks.registry import autodiscover
+from app.core.tasks.rate_limits import parse_overrides
+from app.core.tasks.registry import autodiscover, registry
 from app.logs import configure_logging
 from app.tasks.data import configure_domain_data
 from app.workers.celery_config import create_celery_app
@@ -47,6 +48,7 @@ def require_broker(settings: Settings, role: str) -> None:
         )
     try:
         settings.check()
+        parse_overrides(settings.rate_limits, registry)
     except ValueError as exc:
         raise SystemExit(f"tasklane {role}: {exc}") from None
 

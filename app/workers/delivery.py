@@ -129,15 +129,17 @@ async def _attempt(
             worker=delivery.hostname,
             record=record,
             riders=riders,
+            rate_limits=rt.rate_limits,
         )
     except BaseException:
         # The final write (and its riders) may never have been sent: remove the entry here.
         if bookkeeping:
             await _mark_done(rt, delivery)
         raise
-    if bookkeeping and not outcome.ran:
+    if bookkeeping and not outcome.ran and outcome.rate_wait is None:
         # Not started after all (cancelled, taken, routed elsewhere meanwhile): the entry may
-        # have been added with the attempted STARTED write.
+        # have been added with the attempted STARTED write. A rate-limited start attempted no
+        # STARTED write, so it added no entry.
         await _mark_done(rt, delivery)
     return outcome
 

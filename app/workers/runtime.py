@@ -25,6 +25,7 @@ from app.core.redis_client import LoopLocalRedis, PoolLimits
 from app.core.tasks.hooks import TaskHooks, default_hooks
 from app.core.tasks.presence import WorkerKeys
 from app.core.tasks.queues import QueueRouting
+from app.core.tasks.rate_limits import RateLimits, rate_limits_for
 from app.core.tasks.registry import TaskRegistry
 from app.core.tasks.registry import registry as default_registry
 from app.core.tasks.store import ResultStore, create_store
@@ -40,6 +41,8 @@ class Runtime:
         self.settings = settings
         self.registry = registry
         self.store: ResultStore = create_store(settings)
+        #: The same limits as the api's, on the same Redis (the worker's start checked them).
+        self.rate_limits: RateLimits = rate_limits_for(self.store, registry, settings.rate_limits)
         self.hooks: TaskHooks = default_hooks()
         self.keys = WorkerKeys(settings.key_prefix)
         #: Built once: a message without a routing key falls back to its task's queue here.

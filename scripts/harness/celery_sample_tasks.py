@@ -89,3 +89,9 @@ def celery_sleep_terminable(seconds: float) -> str:
 def celery_secret(password: str, *, pin: str = "") -> str:
     """sensitive=True on a worker: Celery's own log lines must not show its values."""
     return f"derived-{password}-{pin}"
+
+
+@task("celery_rate_limited", rate_limit="10/s")
+def celery_rate_limited(i: int) -> int:
+    """Limited to 10 starts per second across every process (scripts/harness/rate_limit_run.py)."""
+    return i

@@ -210,6 +210,8 @@ def drive_traffic(
     task_ids += [submit(client, "celery_add", i, i) for i in range(6)]
     task_ids.append(submit(client, "celery_flaky", 0))  # fails all 3 attempts
     task_ids.append(submit(client, "celery_flaky", 2))  # one retry, then succeeds
+    # Limited to 10/s (run in-process here): deferred starts, waiting tasks.
+    task_ids += [submit(client, "celery_rate_limited", i) for i in range(12)]
 
     # Phase 2, a live worker: heavy tasks go to it once this api process has seen it.
     start_worker()
@@ -232,6 +234,7 @@ def drive_traffic(
     more += [submit(client, "celery_sleep_terminable", 0.1)]
     more += [submit(client, "sample_maybe_fail", i) for i in range(20, 25)]  # 20 fails
     more += [submit(client, "sample_sleep_async", 0.05)]
+    more += [submit(client, "celery_rate_limited", i) for i in range(12)]
     records |= wait_final(client, more, timeout=30)
     wait_counted(prometheus, len(records))
     return Stack(prometheus=prometheus, records=records, fallback_id=fallback_id)

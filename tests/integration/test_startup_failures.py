@@ -54,6 +54,15 @@ def test_a_redis_broker_that_holds_the_records_is_named_as_the_broker() -> None:
     assert f"Redis at CELERY_BROKER_URL={url} does not answer" in error_lines(output)[0]
 
 
+def test_a_bad_rate_limit_override_is_one_line_naming_the_variable_and_the_entry() -> None:
+    code, output = serve(TASKLANE_RATE_LIMITS="send_notification=lots")
+
+    assert code != 0
+    assert "Traceback" not in output
+    first = error_lines(output)[0]
+    assert "cannot start: TASKLANE_RATE_LIMITS entry 'send_notification=lots'" in first
+
+
 def test_a_missing_task_module_is_one_line_naming_the_variable_and_the_module() -> None:
     code, output = serve(TASKLANE_TASK_MODULES="app.tasks,tasklane_no_such_module")
 

@@ -43,6 +43,7 @@ COUNTERS = frozenset(
         "tasklane_task_retries_total",
         "tasklane_executor_fallbacks_total",
         "tasklane_routing_decisions_total",
+        "tasklane_rate_limited_total",
         "http_requests_total",
     }
 )
@@ -60,6 +61,7 @@ GAUGES = frozenset(
         "tasklane_queue_length",
         "tasklane_workers_available",
         "tasklane_broker_up",
+        "tasklane_rate_delayed",
     }
 )
 #: Every metric family of the contract (a histogram by its base name).

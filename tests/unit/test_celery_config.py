@@ -239,6 +239,12 @@ def test_worker_and_beat_exit_naming_a_missing_broker() -> None:
         )
 
 
+def test_worker_exits_naming_a_bad_rate_limit_override() -> None:
+    settings = Settings(celery_broker_url="redis://127.0.0.1:1/0", rate_limits="no_such_task=10/s")
+    with pytest.raises(SystemExit, match=r"TASKLANE_RATE_LIMITS entry 'no_such_task=10/s'"):
+        require_broker(settings, "worker")
+
+
 @pytest.fixture
 def root_logger() -> Iterator[logging.Logger]:
     root = logging.getLogger()

@@ -4,6 +4,8 @@ load record → STARTED → call with a TaskContext and the spec's timeout → S
 RETRY decision → write the record and one log line per transition. The in-process runner and
 the Celery task wrapper both call execute(); only *how to wait* before a retry differs, so the
 decision comes back as Outcome.retry_in and the caller schedules the next attempt its own way.
+A task with a rate limit asks the limiter right before its STARTED write (rate_limits.py); a
+refused start comes back the same way, as Outcome.rate_wait, with the record still waiting.
 
 Every write after STARTED is guarded by (status is STARTED and attempts is ours): when shutdown,
 a reaper or a timeout has already settled the record, a late finish changes nothing.
@@ -19,7 +21,8 @@ import random
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
 
 from app.core.tasks.arguments import NOT_PLAIN, plain_json_copy, storable_problem
 from app.core.tasks.context import TaskContext
@@ -32,10 +35,21 @@ from app.core.tasks.errors import (
     UnknownTaskError,
 )
 from app.core.tasks.hooks import TaskHooks
-from app.core.tasks.models import TaskError, TaskResult, TaskSpec, TaskStatus, utcnow
+from app.core.tasks.models import (
+    WAITING_STATUSES,
+    TaskError,
+    TaskResult,
+    TaskSpec,
+    TaskStatus,
+    utcnow,
+)
+from app.core.tasks.rate_limits import UNREACHABLE_RECHECK, RateLimit, RateLimits
 from app.core.tasks.registry import TaskRegistry
 from app.core.tasks.store import NO_RIDERS, ResultStore, Riders
 from app.core.tasks.threads import run_in_daemon_thread
+
+if TYPE_CHECKING:
+    from app.core.tasks.rate_limits import Limiter
 
 #: "host:pid", written into records so an operator can find the process that ran a task.
 WORKER_NAME = f"{socket.gethostname()}:{os.getpid()}"
@@ -52,11 +66,14 @@ log = logging.getLogger("tasklane.tasks")
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """What one execute() call did. retry_in is set when another attempt is due."""
+    """What one execute() call did. retry_in is set when another attempt is due; rate_wait
+    when the task waits for its rate-limit slot (not started, no attempt used): seconds until
+    it should come back and run execute() again."""
 
     record: TaskResult | None
     ran: bool
     retry_in: float | None = None
+    rate_wait: float | None = None
 
 
 def retry_delay(spec: TaskSpec, attempt: int) -> float:
@@ -77,6 +94,7 @@ async def execute(
     on_context: Callable[[TaskContext], None] | None = None,
     record: TaskResult | None = None,
     riders: Riders = NO_RIDERS,
+    rate_limits: RateLimits | None = None,
 ) -> Outcome:
     """Run one attempt of the task if its record is waiting (PENDING or RETRY); otherwise
     (cancelled, finished, expired) do nothing and return ran=False.
@@ -86,6 +104,7 @@ async def execute(
     `riders`: Redis commands bracketing the attempt (a worker's active-set entry): `before`
     rides on the STARTED write, `after` on the final one. With ran=False, `before` may have
     run and `after` has not: undoing it is the caller's.
+    `rate_limits`: the process's limits; a limited task refused a start returns rate_wait.
     """
     if record is None:
         record = await store.get(task_id)
@@ -97,6 +116,13 @@ async def execute(
         # A worker built from other code than the api: finish the record instead of leaving it.
         failed = await _settle_waiting(store, task_id, TaskStatus.FAILURE, exc, hooks)
         return Outcome(record=failed, ran=False)
+
+    if rate_limits is not None:
+        limit = rate_limits.limit_for(spec)  # a dict read: unlimited tasks make no call
+        if limit is not None and _to_started(record, executor, worker) is not None:
+            waiting = await _wait_for_rate(store, rate_limits.limiter, spec, limit, record, hooks)
+            if waiting is not None:
+                return waiting
 
     started = await store.update(
         task_id,
@@ -216,6 +242,52 @@ async def _call(spec: TaskSpec, ctx: TaskContext, record: TaskResult) -> Any:
         raise TaskTimeout(spec.name, spec.timeout) from None
 
 
+async def _wait_for_rate(
+    store: ResultStore,
+    limiter: Limiter,
+    spec: TaskSpec,
+    limit: RateLimit,
+    record: TaskResult,
+    hooks: TaskHooks,
+) -> Outcome | None:
+    """None when the limiter lets the task start now; else the Outcome that makes the caller
+    come back at its ticket, with the record saying until when it waits.
+
+    A limiter that cannot be reached makes the task wait UNREACHABLE_RECHECK and ask again:
+    never run unlimited (what a limit protects does not get faster when our Redis is away).
+    """
+    task_id = record.task_id
+    try:
+        admission = await limiter.admit(
+            spec.name, limit, task_id, returning=record.rate_limited_until is not None
+        )
+    except StoreUnavailable as exc:
+        log.warning(
+            "rate limiter unavailable, start deferred %g s: %s",
+            UNREACHABLE_RECHECK,
+            exc,
+            extra={"task_id": task_id, "task": spec.name},
+        )
+        return Outcome(record=record, ran=False, rate_wait=UNREACHABLE_RECHECK)
+    if admission.allowed:
+        return None
+    until = utcnow() + timedelta(seconds=admission.wait)
+
+    def mark(current: TaskResult) -> TaskResult | None:
+        if current.status not in WAITING_STATUSES or current.cancel_requested:
+            return None
+        return current.replace(rate_limited_until=until)
+
+    marked = await store.update(task_id, mark, expected=record)
+    if marked is None:
+        # Cancelled or taken meanwhile: it waits no more, and the STARTED write that follows
+        # finds out what happened (and settles a cancel).
+        await limiter.forget(spec.name, task_id)
+        return None
+    hooks.on_rate_limited(marked, admission.wait)
+    return Outcome(record=marked, ran=False, rate_wait=admission.wait)
+
+
 def _to_started(record: TaskResult, executor: str, worker: str) -> TaskResult | None:
     if record.status not in (TaskStatus.PENDING, TaskStatus.RETRY) or record.cancel_requested:
         return None
@@ -230,6 +302,7 @@ def _to_started(record: TaskResult, executor: str, worker: str) -> TaskResult | 
         finished_at=None,
         executor=executor,
         worker=worker,
+        rate_limited_until=None,
     )
 
 

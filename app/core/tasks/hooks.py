@@ -56,6 +56,10 @@ class TaskHooks:
     def on_transition(self, record: TaskResult, previous: TaskStatus | None) -> None:
         """record just moved from `previous` to record.status (the process that ran it)."""
 
+    def on_rate_limited(self, record: TaskResult, wait: float) -> None:
+        """record's start was deferred `wait` seconds by its rate limit (the process that
+        would have started it; the record stays waiting)."""
+
 
 class HookChain(TaskHooks):
     """Calls several hooks in order, isolating each one's failure."""
@@ -76,6 +80,13 @@ class HookChain(TaskHooks):
                 hook.on_transition(record, previous)
             except Exception:
                 log.exception("on_transition hook %r failed", hook)
+
+    def on_rate_limited(self, record: TaskResult, wait: float) -> None:
+        for hook in self.hooks:
+            try:
+                hook.on_rate_limited(record, wait)
+            except Exception:
+                log.exception("on_rate_limited hook %r failed", hook)
 
 
 class TransitionLog(TaskHooks):
@@ -101,6 +112,13 @@ class TransitionLog(TaskHooks):
             fields["error"] = record.error.message
         _write(level, record, fields, "on_transition")
 
+    def on_rate_limited(self, record: TaskResult, wait: float) -> None:
+        # DEBUG: a limited burst defers each task many times; the counter tells the story.
+        if log.isEnabledFor(logging.DEBUG):
+            fields = _fields(record)
+            fields["rate_wait_s"] = round(wait, 3)
+            log.debug("task %s rate-limited for %.3f s", record.name, wait, extra=fields)
+
 
 def _write(level: int, record: TaskResult, fields: dict[str, object], hook: str) -> None:
     """log.log(level, "task %s %s", name, status, extra=fields), minus Logger.findCaller.
@@ -124,8 +142,8 @@ def _write(level: int, record: TaskResult, fields: dict[str, object], hook: str)
 
 
 class TaskMetrics(TaskHooks):
-    """The DESIGN.md §5 task series: submitted, finished, retries, duration, queue wait, and
-    tasks in progress.
+    """The DESIGN.md §5 task series: submitted, finished, retries, duration, queue wait, tasks
+    in progress, and rate-limit deferrals.
 
     In progress is counted per process, for the attempts this process saw start: a transition
     out of STARTED written here for an attempt that started elsewhere (the reaper settling a
@@ -141,6 +159,10 @@ class TaskMetrics(TaskHooks):
         self._in_progress = Children(metrics.TASKS_IN_PROGRESS)
         self._queue_wait = Children(metrics.TASK_QUEUE_WAIT)
         self._duration = Children(metrics.TASK_DURATION)
+        self._rate_limited = Children(metrics.RATE_LIMITED)
+
+    def on_rate_limited(self, record: TaskResult, wait: float) -> None:
+        self._rate_limited(record.name).inc()
 
     def after_submit(self, record: TaskResult) -> None:
         self._submitted(record.name, record.executor).inc()

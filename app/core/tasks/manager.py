@@ -11,6 +11,7 @@ same for a batch in bulk: every call checked first, one store write, one dispatc
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import Iterable, Sequence
@@ -24,6 +25,7 @@ from app.core.tasks.errors import (
     ExecutorUnavailable,
     InvalidPriority,
     InvalidTaskId,
+    StoreUnavailable,
     TaskAlreadyFinished,
     TaskNotFound,
     UnsupportedOption,
@@ -46,6 +48,7 @@ if TYPE_CHECKING:
     from fastapi import BackgroundTasks
 
     from app.core.tasks.executors.base import Executor
+    from app.core.tasks.rate_limits import RateLimits
     from app.core.tasks.store import ResultStore
 
 
@@ -75,8 +78,11 @@ class TaskManager:
         registry: TaskRegistry = default_registry,
         hooks: TaskHooks | None = None,
         max_args_bytes: int | None = None,
+        rate_limits: RateLimits | None = None,
     ) -> None:
         self.store = store
+        #: The process's rate limits (app/core/tasks/rate_limits.py), shared with its runner.
+        self.rate_limits = rate_limits
         self.executor = executor
         self.registry = registry
         self.hooks = hooks or TaskHooks()
@@ -205,6 +211,10 @@ class TaskManager:
                 raise TaskNotFound(task_id)
             raise TaskAlreadyFinished(task_id, previous[-1].status.value)
         await self.executor.cancel(task_id)
+        if previous[-1].rate_limited_until is not None and self.rate_limits is not None:
+            # It was waiting for its rate slot: it waits no more (the gauge counts waiters).
+            with contextlib.suppress(StoreUnavailable):
+                await self.rate_limits.limiter.forget(updated.name, task_id)
         if updated.status is TaskStatus.CANCELLED:
             self.hooks.on_transition(updated, previous[-1].status)
             return CancelOutcome.CANCELLED, updated

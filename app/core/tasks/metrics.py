@@ -129,6 +129,21 @@ QUEUE_LENGTH = Gauge(
     multiprocess_mode="livemostrecent",
 )
 
+RATE_LIMITED = Counter(
+    "tasklane_rate_limited_total",
+    "Starts deferred by the task's global rate limit (one per refusal; the task waits for "
+    "its slot without holding a worker or runner slot).",
+    ["task"],
+)
+
+RATE_DELAYED = Gauge(
+    "tasklane_rate_delayed",
+    "Tasks waiting for their rate-limit slot now, read from the limiter at scrape time (the "
+    "same Redis for every api process, hence the most recent reading).",
+    ["task"],
+    multiprocess_mode="livemostrecent",
+)
+
 _broker_up: Gauge | None = None
 _broker_up_lock = threading.Lock()
 

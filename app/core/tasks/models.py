@@ -12,6 +12,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
+    from app.core.tasks.rate_limits import RateLimit
     from app.core.tasks.redaction import Redaction
 
 Weight = Literal["light", "heavy"]
@@ -126,6 +127,9 @@ class TaskResult:
     cancel_requested: bool = False
     #: 0 (starts first) .. 9; None on records written before priorities existed.
     priority: int | None = None
+    #: Set while the task waits for its rate-limit slot (app/core/tasks/rate_limits.py): when
+    #: it comes back to check again. Cleared when it starts.
+    rate_limited_until: datetime | None = None
 
     @property
     def finished(self) -> bool:
@@ -154,6 +158,7 @@ class TaskResult:
             "worker": self.worker,
             "cancel_requested": self.cancel_requested,
             "priority": self.priority,
+            "rate_limited_until": _iso(self.rate_limited_until),
         }
 
     @classmethod
@@ -178,6 +183,7 @@ class TaskResult:
             worker=data.get("worker"),
             cancel_requested=bool(data.get("cancel_requested", False)),
             priority=data.get("priority"),
+            rate_limited_until=_parse(data.get("rate_limited_until")),
         )
 
 
@@ -218,6 +224,8 @@ class TaskSpec:
     #: Which argument values (and whether the result) are kept out of API answers and log
     #: lines (@task(sensitive=...)); None: nothing is hidden. The record keeps the real values.
     redaction: Redaction | None = None
+    #: Starts allowed across every process together (@task(rate_limit="10/s")); None: no limit.
+    rate_limit: RateLimit | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

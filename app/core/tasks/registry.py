@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 from app.core.tasks.errors import TaskModuleNotFound, UnknownTaskError
 from app.core.tasks.models import DEFAULT_PRIORITY, TaskSpec, Weight, check_priority
+from app.core.tasks.rate_limits import parse_rate_limit
 from app.core.tasks.redaction import Redaction
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -108,6 +109,8 @@ def task(
     terminate_safe: bool = False,
     sensitive: bool | str | Collection[str] = False,
     priority: int = DEFAULT_PRIORITY,
+    rate_limit: str | float | None = None,
+    rate_burst: int = 1,
     target: TaskRegistry | None = None,
 ) -> Callable[[F], F]:
     """Register the decorated function as a task; the function itself is returned unchanged.
@@ -120,6 +123,8 @@ def task(
     sensitive=("name", ...) only those parameters' values (app/core/tasks/redaction.py).
     priority (0 starts first .. 9) orders the task among waiting ones in both planes when a
     call names none (SubmitOptions.priority).
+    rate_limit="10/s" (Celery's syntax) caps its starts across every process together, with
+    rate_burst starts allowed back to back (app/core/tasks/rate_limits.py).
     """
     if weight not in ("light", "heavy"):
         raise ValueError(f"weight must be 'light' or 'heavy', not {weight!r}")
@@ -130,6 +135,7 @@ def task(
     if executor not in (None, "background", "celery"):
         raise ValueError(f"executor must be 'background', 'celery' or None, not {executor!r}")
     check_priority(priority)
+    limit = None if rate_limit is None else parse_rate_limit(rate_limit, burst=rate_burst)
 
     def decorate(func: F) -> F:
         parameters = inspect.signature(func).parameters
@@ -155,6 +161,7 @@ def task(
             is_async=inspect.iscoroutinefunction(func),
             redaction=Redaction.of(func, sensitive, takes_context=takes_context),
             priority=priority,
+            rate_limit=limit,
         )
         (target or registry).register(spec)
         return func

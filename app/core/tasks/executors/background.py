@@ -2,11 +2,12 @@
 
 Own runner, not Starlette's: `async def` tasks run as asyncio tasks on the app's loop, sync ones
 on daemon threads, both under one set of concurrency slots handed out by priority (0 first, FIFO
-within a level: executors/gate.py). Countdowns and retries wait on the loop with no slot held.
-Cancel drops a waiting task, cancels a running async one, and sets ctx.cancelled() for a running
-sync one. stop() drains for a grace period, then settles the rest as FAILURE
-Interrupted; a runner that died without stop() is found by its expired heartbeat and its tasks
-settled the same way by any other runner sharing the store (reap()).
+within a level: executors/gate.py). Countdowns, retries and tasks waiting for their rate-limit
+slot (rate_limits.py) wait on the loop with no slot held. Cancel drops a waiting task, cancels a
+running async one, and sets ctx.cancelled() for a running sync one. stop() drains for a grace
+period, then settles the rest as FAILURE Interrupted; a runner that died without stop() is found
+by its expired heartbeat and its tasks settled the same way by any other runner sharing the
+store (reap()).
 """
 
 from __future__ import annotations
@@ -21,12 +22,13 @@ from typing import TYPE_CHECKING, Any
 
 from app.core.tasks.context import TaskContext
 from app.core.tasks.errors import ExecutorUnavailable, StoreUnavailable, UnknownTaskError
-from app.core.tasks.execution import execute, mark_interrupted
+from app.core.tasks.execution import Outcome, execute, mark_interrupted
 from app.core.tasks.executors.base import Executor
 from app.core.tasks.executors.gate import PriorityGate
 from app.core.tasks.handoff import defer
 from app.core.tasks.hooks import TaskHooks
 from app.core.tasks.models import DEFAULT_PRIORITY
+from app.core.tasks.rate_limits import UNREACHABLE_RECHECK
 from app.core.tasks.registry import TaskRegistry
 from app.core.tasks.registry import registry as default_registry
 
@@ -35,6 +37,7 @@ if TYPE_CHECKING:
 
     from app.core.tasks.executors.base import Route
     from app.core.tasks.models import TaskResult
+    from app.core.tasks.rate_limits import RateLimits
     from app.core.tasks.store import ResultStore
 
 log = logging.getLogger("tasklane.runner")
@@ -56,8 +59,10 @@ class BackgroundTasksExecutor(Executor):
         concurrency: int = 8,
         heartbeat_interval: float = 5.0,
         runner_id: str | None = None,
+        rate_limits: RateLimits | None = None,
     ) -> None:
         self.store = store
+        self.rate_limits = rate_limits
         self.registry = registry
         self.hooks = hooks or TaskHooks()
         self.concurrency = concurrency
@@ -221,6 +226,7 @@ class BackgroundTasksExecutor(Executor):
     async def _run(self, task_id: str, delay: float, priority: int) -> None:
         assert self._gate is not None
         settled = False
+        rate_limited: str | None = None  # the task's name once it waits for its rate slot
         try:
             if delay > 0:
                 await self._sleep(task_id, delay)
@@ -235,10 +241,24 @@ class BackgroundTasksExecutor(Executor):
                             executor=self.name,
                             hooks=self.hooks,
                             on_context=lambda ctx: self._contexts.__setitem__(task_id, ctx),
+                            rate_limits=self.rate_limits,
                         )
+                    except StoreUnavailable as exc:
+                        if rate_limited is None:
+                            raise
+                        # Redis is away while the task waits for its rate slot: it keeps
+                        # waiting (never runs unchecked) and asks again.
+                        log.warning("task %s: rate check deferred: %s", task_id, exc)
+                        outcome = Outcome(record=None, ran=False, rate_wait=UNREACHABLE_RECHECK)
                     finally:
                         self._running.discard(task_id)
                         self._contexts.pop(task_id, None)
+                if outcome.rate_wait is not None:
+                    # Waiting for its rate slot: like a backoff, without the slot.
+                    if outcome.record is not None:
+                        rate_limited = outcome.record.name
+                    await self._wait_for_rate(task_id, rate_limited, outcome.rate_wait)
+                    continue
                 if outcome.retry_in is None:
                     settled = True
                     break
@@ -265,6 +285,17 @@ class BackgroundTasksExecutor(Executor):
             await asyncio.sleep(seconds)
         finally:
             self._sleeping.discard(task_id)
+
+    async def _wait_for_rate(self, task_id: str, name: str | None, seconds: float) -> None:
+        """Sleep until the task's rate-limit ticket; cancelled (a user's cancel, shutdown), it
+        leaves the limiter's waiting count."""
+        try:
+            await self._sleep(task_id, seconds)
+        except asyncio.CancelledError:
+            if self.rate_limits is not None and name is not None:
+                with contextlib.suppress(StoreUnavailable):
+                    await self.rate_limits.limiter.forget(name, task_id)
+            raise
 
     async def _keep_alive(self) -> None:
         beats = 0

@@ -240,7 +240,7 @@ class MemoryStore(ResultStore):
 
 #: (expires_at, args_size, size, task_id, name, status, executor, queue, args, kwargs, result,
 #: error, attempts, progress, submitted_at, started_at, finished_at, worker, cancel_requested,
-#: priority):
+#: priority, rate_limited_until):
 #: args_size the charge for args and kwargs (_charge), size the whole row's; args a tuple,
 #: kwargs a tuple of its items, error and progress tuples of their fields, status the plain
 #: str. The GC untracks a tuple only when no item is a container other than an untracked
@@ -313,6 +313,7 @@ def _row(
         record.worker,
         record.cancel_requested,
         record.priority,
+        record.rate_limited_until,
     )
 
 
@@ -338,6 +339,7 @@ def _record(row: _Row) -> TaskResult:
         worker,
         cancel_requested,
         priority,
+        rate_limited_until,
     ) = row
     return TaskResult(
         task_id=task_id,
@@ -359,4 +361,5 @@ def _record(row: _Row) -> TaskResult:
         worker=worker,
         cancel_requested=cancel_requested,
         priority=priority,
+        rate_limited_until=rate_limited_until,
     )

@@ -178,6 +178,12 @@ class RedisStore(ResultStore):
         # Held for dict operations only, never across an await: any loop may use the store.
         self._known_lock = threading.Lock()
 
+    @property
+    def redis(self) -> LoopLocalRedis:
+        """This store's client, shared with what keeps its state next to the records (the
+        rate limiter, app/core/tasks/rate_limits.py)."""
+        return self._redis
+
     def key(self, task_id: str) -> str:
         return f"{self.prefix}task:{task_id}"
 
