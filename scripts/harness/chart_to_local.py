@@ -27,20 +27,26 @@ variable nobody reads fails the caller.
 from __future__ import annotations
 
 import base64
+import contextlib
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from app.config import Settings
 from scripts.harness.dockerfile import DOCKERFILE, parse_dockerfile, stage_env
-from scripts.harness.processes import REPO_ROOT, free_port
+from scripts.harness.processes import REPO_ROOT, clean_environment, free_port
 
 Manifest = dict[str, Any]
 
@@ -368,3 +374,85 @@ class Cluster:
         data = {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
         data.update({k: str(v) for k, v in (secret.get("stringData") or {}).items()})
         return data
+
+
+# -- running them: the started processes, and what a test asks of them over HTTP ---------------
+
+#: Statuses a record ends in.
+FINAL = {"SUCCESS", "FAILURE", "CANCELLED"}
+
+
+class LocalPods:
+    """Started containers; stops every process group at the end."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.processes: list[tuple[LocalContainer, subprocess.Popen[bytes]]] = []
+
+    def start(self, container: LocalContainer) -> subprocess.Popen[bytes]:
+        log = self.tmp_path / f"{container.workload}-{container.name}.log"
+        process = container.spawn(log, clean_environment())
+        self.processes.append((container, process))
+        return process
+
+    def log(self, container: LocalContainer) -> str:
+        return (self.tmp_path / f"{container.workload}-{container.name}.log").read_text(
+            errors="replace"
+        )
+
+    def stop(self) -> None:
+        for _, process in reversed(self.processes):
+            if process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGTERM)
+        for _, process in reversed(self.processes):
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=5)
+
+
+def wait_http(url: str, path: str, within: float = 30) -> httpx.Response:
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            response = httpx.get(url + path, timeout=5)
+            if response.status_code == 200:
+                return response
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, f"{url}{path} never answered 200"
+        time.sleep(0.2)
+
+
+def submit_and_wait(
+    url: str, headers: dict[str, str], name: str, args: list[Any], within: float = 60
+) -> dict[str, Any]:
+    response = httpx.post(
+        f"{url}/api/tasks", json={"name": name, "args": args}, headers=headers, timeout=10
+    )
+    assert response.status_code == 202, response.text
+    task_id = response.json()["task_id"]
+    deadline = time.monotonic() + within
+    while True:
+        status_url = f"{url}/api/tasks/{task_id}/status"
+        record = httpx.get(status_url, headers=headers, timeout=10).json()
+        if record["status"] in FINAL:
+            return record
+        assert time.monotonic() < deadline, record
+        time.sleep(0.2)
+
+
+def finished_on(worker: LocalContainer) -> dict[tuple[str, str, str], float]:
+    """tasklane_tasks_finished_total by (task, executor, status), from the worker process's own
+    metrics endpoint (its rendered container port, rewritten): what that process ran."""
+    (metrics_port,) = worker.ports.values()
+    metrics = wait_http(f"http://127.0.0.1:{metrics_port}", "/metrics").text
+    return {
+        (sample.labels["task"], sample.labels["executor"], sample.labels["status"]): sample.value
+        for family in text_string_to_metric_families(metrics)
+        for sample in family.samples
+        if sample.name == "tasklane_tasks_finished_total"
+    }
