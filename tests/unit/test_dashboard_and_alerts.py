@@ -215,6 +215,16 @@ REPLICAS_CASES: dict[str, tuple[str, list[dict[str, str]], float]] = {
         [_live("tl", "heavy", 2), _live("tl", "light", 1)],
         2,
     ),
+    "worker pools: every pool's Deployment counts": (
+        "tl",
+        [
+            _replicas("tl-tasklane-worker", 1),
+            _replicas("tl-tasklane-worker-heavy", 2),
+            _replicas("tl-tasklane-worker-light", 3),
+            _live("tl", "heavy", 1),
+        ],
+        6,
+    ),
     "release named like the chart": (
         "tasklane",
         [_replicas("tasklane-tasklane-worker", 4), _live("tasklane", "heavy", 1)],
