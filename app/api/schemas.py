@@ -146,6 +146,14 @@ class TaskInfo(BaseModel):
     timeout: float | None
     idempotent: bool
     priority: int = Field(description="Priority of a submit that names none (0 starts first)")
+    rate_limit: str | None = Field(
+        default=None,
+        description="Global start limit in force (TASKLANE_RATE_LIMITS override, else the "
+        'declared one), in Celery\'s syntax ("10/s"); null: unlimited',
+    )
+    rate_burst: int | None = Field(
+        default=None, description="Starts the limit allows back to back; null: unlimited"
+    )
 
 
 class ExecutorsResponse(BaseModel):

@@ -121,6 +121,11 @@ async def describe_executors(request: Request, manager: Manager) -> ExecutorsRes
     settings: Settings = request.app.state.settings
     executor = manager.executor
     info = executor.describe()
+    rate_limits = manager.rate_limits
+    limits = {
+        spec.name: rate_limits.limit_for(spec) if rate_limits else spec.rate_limit
+        for spec in manager.registry
+    }
     return ExecutorsResponse(
         mode="single" if settings.resolved_executor == "background" else "scaled",
         executor=settings.resolved_executor,
@@ -140,6 +145,8 @@ async def describe_executors(request: Request, manager: Manager) -> ExecutorsRes
                 timeout=spec.timeout,
                 idempotent=spec.idempotent,
                 priority=spec.priority,
+                rate_limit=None if (limit := limits[spec.name]) is None else str(limit),
+                rate_burst=None if limit is None else limit.burst,
             )
             for spec in manager.registry
         ],

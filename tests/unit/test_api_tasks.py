@@ -43,6 +43,8 @@ TEST_TASKS = {
     "test_api_fail": {"func": _fail},
     "test_api_echo": {"func": _echo},
     "test_api_urgent": {"func": _echo, "priority": 1},
+    "test_api_limited": {"func": _echo, "rate_limit": "10/s", "rate_burst": 3},
+    "test_api_overridden": {"func": _echo, "rate_limit": "10/s"},
 }
 
 
@@ -53,6 +55,8 @@ def _registered() -> Iterator[None]:
             name,
             takes_context=spec.get("takes_context", False),
             priority=spec.get("priority", DEFAULT_PRIORITY),
+            rate_limit=spec.get("rate_limit"),
+            rate_burst=spec.get("rate_burst", 1),
         )(spec["func"])
     yield
     for name in TEST_TASKS:
@@ -326,6 +330,31 @@ def test_executors_describes_mode_store_and_routes(client: TestClient) -> None:
     assert tasks["test_api_add"]["route"] == "background"
     assert tasks["process_speak_audio"]["weight"] == "heavy"
     assert tasks["process_speak_audio"]["queue"] == "heavy"
+
+
+def test_executors_shows_the_rate_limit_in_force_override_first() -> None:
+    """The declared limit, or TASKLANE_RATE_LIMITS' override of it ("off" lifts it)."""
+    settings = Settings(
+        store="memory",
+        executor="background",
+        scheduler="off",
+        api_token=None,
+        rate_limits="test_api_overridden=off,test_api_echo=100/m",
+    )
+    with TestClient(create_app(settings)) as test_client:
+        body = test_client.get("/api/tasks/executors").json()
+    tasks = {entry["name"]: entry for entry in body["tasks"]}
+
+    assert (tasks["test_api_limited"]["rate_limit"], tasks["test_api_limited"]["rate_burst"]) == (
+        "10/s",
+        3,
+    )
+    assert tasks["test_api_overridden"]["rate_limit"] is None
+    assert (tasks["test_api_echo"]["rate_limit"], tasks["test_api_echo"]["rate_burst"]) == (
+        "100/m",
+        1,
+    )
+    assert tasks["test_api_add"]["rate_burst"] is None
 
 
 # -- cancel ----------------------------------------------------------------------------------
