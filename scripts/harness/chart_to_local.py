@@ -400,6 +400,32 @@ class LocalPods:
             errors="replace"
         )
 
+    def process_of(self, container: LocalContainer) -> subprocess.Popen[bytes]:
+        (process,) = [p for c, p in self.processes if c is container]
+        return process
+
+    def probe_until_passes(
+        self, container: LocalContainer, argv: list[str], within: float = 30
+    ) -> None:
+        """Run an exec probe (a kubelet exec probe, a Compose healthcheck) in the container's
+        environment until it exits 0; fail when the container's process exits first or
+        `within` seconds pass."""
+        deadline = time.monotonic() + within
+        while True:
+            probe = subprocess.run(
+                argv,
+                env={**clean_environment(), **container.env},
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+            )
+            if probe.returncode == 0:
+                return
+            assert self.process_of(container).poll() is None, self.log(container)
+            assert time.monotonic() < deadline, (probe.stdout, probe.stderr, self.log(container))
+            time.sleep(0.5)
+
     def stop(self) -> None:
         for _, process in reversed(self.processes):
             if process.poll() is None:

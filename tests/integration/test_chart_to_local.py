@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -218,7 +217,7 @@ def test_scaled_mode_runs_redis_api_worker_and_beat_from_their_rendered_containe
     assert "127.0.0.1" in api.env["REDIS_URL"]
     assert f"{FULLNAME}-redis" not in api.env["REDIS_URL"]
 
-    worker_process = pods.start(worker)
+    pods.start(worker)
     pods.start(beat)
     api_process = pods.start(api)
     (api_port,) = api.ports.values()
@@ -229,20 +228,7 @@ def test_scaled_mode_runs_redis_api_worker_and_beat_from_their_rendered_containe
     for kind in ("startupProbe", "livenessProbe"):
         argv = cluster.probe_argv(worker, kind)
         assert argv is not None, f"worker has no exec {kind}"
-        deadline = time.monotonic() + 30
-        while (
-            probe := subprocess.run(
-                argv,
-                env={**clean_environment(), **worker.env},
-                capture_output=True,
-                text=True,
-                timeout=30,
-                check=False,
-            )
-        ).returncode != 0:
-            assert worker_process.poll() is None, pods.log(worker)
-            assert time.monotonic() < deadline, (probe.stdout, probe.stderr, pods.log(worker))
-            time.sleep(0.5)
+        pods.probe_until_passes(worker, argv)
     assert "readinessProbe" not in worker.probes  # DESIGN §6: workers have none
 
     url = f"http://127.0.0.1:{api_port}"

@@ -27,7 +27,7 @@ from scripts.harness.chart_to_local import (
     submit_and_wait,
 )
 from scripts.harness.compose_to_local import ComposeProject, load
-from scripts.harness.processes import clean_environment, wait_for_port
+from scripts.harness.processes import wait_for_port
 
 pytestmark = pytest.mark.integration
 
@@ -53,29 +53,14 @@ class LocalServices(LocalPods):
         return container
 
     def process(self, name: str) -> subprocess.Popen[bytes]:
-        (process,) = [p for c, p in self.processes if c is self.containers[name]]
-        return process
+        return self.process_of(self.containers[name])
 
     def healthy(self, name: str, within: float = 60) -> None:
         """The service's healthcheck, run as Docker runs it, until it passes."""
         container = self.containers[name]
         argv = self.project.healthcheck_argv(container)
         assert argv is not None, f"{name} has no healthcheck"
-        deadline = time.monotonic() + within
-        while True:
-            check = subprocess.run(
-                argv,
-                env={**clean_environment(), **container.env},
-                capture_output=True,
-                text=True,
-                timeout=30,
-                check=False,
-            )
-            if check.returncode == 0:
-                return
-            assert self.process(name).poll() is None, self.log(container)
-            assert time.monotonic() < deadline, (check.stdout, check.stderr, self.log(container))
-            time.sleep(0.5)
+        self.probe_until_passes(container, argv, within)
 
     def start_redis(self) -> None:
         """compose's redis service on Debian's redis-server, on its (rewritten) port."""
